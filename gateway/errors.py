@@ -1,0 +1,151 @@
+"""The public exception tree and its single mapping to OpenAI error bodies.
+
+Every failure a client can see is a `GatewayError`. Its status code and `type`/`code` follow
+what OpenAI's API returns for the same situation, so the OpenAI SDK raises its usual class
+(`AuthenticationError`, `PermissionDeniedError`, `NotFoundError`, `BadRequestError`,
+`RateLimitError`, `InternalServerError`, ...). Messages never contain a secret: upstream error
+text goes through `redact()` before it is attached.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import ClassVar
+
+import orjson
+
+# Things that look like credentials in upstream error text: OpenAI/Anthropic style keys,
+# bearer tokens and long opaque tokens.
+_SECRETISH = re.compile(
+    r"(sk-[A-Za-z0-9_\-*]{6,}|sk-ant-[A-Za-z0-9_\-*]{6,}|gw-[A-Za-z0-9_\-]{6,}"
+    r"|Bearer\s+[A-Za-z0-9._\-~+/=]+|[A-Za-z0-9_\-]{40,})"
+)
+
+
+def redact(text: str, *secrets: str | None) -> str:
+    for s in secrets:
+        if s:
+            text = text.replace(s, "[redacted]")
+    return _SECRETISH.sub("[redacted]", text)
+
+
+class GatewayError(Exception):
+    status: ClassVar[int] = 500
+    type: ClassVar[str] = "api_error"
+    code: ClassVar[str | None] = None
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        param: str | None = None,
+        code: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.error_code = code if code is not None else self.code
+        self.headers = headers or {}
+
+    def body(self) -> bytes:
+        return orjson.dumps(
+            {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.error_code}}
+        )
+
+
+# 4xx: the client's request is at fault.
+class BadRequest(GatewayError):
+    status, type = 400, "invalid_request_error"
+
+
+class InvalidJSON(BadRequest):
+    code = "invalid_json"
+
+
+class AuthenticationFailed(GatewayError):
+    status, type, code = 401, "invalid_request_error", "invalid_api_key"
+
+
+class PermissionDenied(GatewayError):
+    status, type, code = 403, "invalid_request_error", "permission_denied"
+
+
+class NotFound(GatewayError):
+    status, type, code = 404, "invalid_request_error", "not_found"
+
+
+class ModelNotFound(NotFound):
+    code = "model_not_found"
+
+
+class MethodNotAllowed(GatewayError):
+    status, type, code = 405, "invalid_request_error", "method_not_allowed"
+
+
+class PayloadTooLarge(GatewayError):
+    status, type, code = 413, "invalid_request_error", "request_too_large"
+
+
+class UnsupportedMediaType(GatewayError):
+    status, type, code = 415, "invalid_request_error", "unsupported_media_type"
+
+
+class RateLimited(GatewayError):
+    status, type, code = 429, "rate_limit_exceeded", "rate_limit_exceeded"
+
+
+# 5xx: the gateway or a provider is at fault.
+class UpstreamError(GatewayError):
+    """A provider failed; `retryable` tells the router whether another try may succeed."""
+
+    status, type, code = 502, "api_error", "upstream_error"
+    retryable: ClassVar[bool] = True
+
+
+class UpstreamBadResponse(UpstreamError):
+    code = "upstream_bad_response"
+
+
+class UpstreamUnavailable(UpstreamError):
+    code = "upstream_unavailable"
+
+
+class UpstreamAuthFailed(UpstreamError):
+    """The provider refused the gateway's own credentials: an operator problem, never the client's."""
+
+    code = "upstream_auth_failed"
+
+
+class UpstreamTimeout(UpstreamError):
+    status, code = 504, "upstream_timeout"
+
+
+class UpstreamRateLimited(UpstreamError):
+    status, type, code = 429, "rate_limit_exceeded", "upstream_rate_limited"
+
+
+class UpstreamRejected(UpstreamError):
+    """The provider judged the request invalid (400/404/422): retrying cannot help."""
+
+    status, type, code = 400, "invalid_request_error", "upstream_rejected"
+    retryable = False
+
+    def __init__(self, message: str, *, status: int = 400, param: str | None = None, code: str | None = None):
+        super().__init__(message, param=param, code=code)
+        self.status = status  # type: ignore[misc]  # per instance: 400, 404 or 422 as the provider said
+
+
+class ServiceUnavailable(GatewayError):
+    status, type, code = 503, "api_error", "service_unavailable"
+
+
+class InternalError(GatewayError):
+    status, type, code = 500, "api_error", "internal_error"
+
+
+def error_response_parts(exc: GatewayError, request_id: str) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:
+    """The one mapping: exception -> (status, body, headers)."""
+    headers = [(b"content-type", b"application/json"), (b"x-request-id", request_id.encode())]
+    headers += [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in exc.headers.items()]
+    return exc.status, exc.body(), headers

@@ -1,0 +1,129 @@
+"""Offline tiktoken encodings and token counting.
+
+tiktoken normally downloads its BPE files on first use; a gateway must start air-gapped. The
+files ship inside the package (gzipped) and are loaded with their SHA-256 checked against the
+hash tiktoken itself expects, so a corrupted or substituted file stops start-up loudly.
+"""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import hashlib
+import threading
+from collections.abc import Iterable, Mapping
+from functools import cache
+from importlib import resources
+from typing import Any
+
+import tiktoken
+
+_ENDOFTEXT = "<|endoftext|>"
+
+# name -> (sha256 of the uncompressed file, pattern, special tokens); values from tiktoken_ext.openai_public.
+_ENCODINGS: dict[str, tuple[str, str, dict[str, int]]] = {
+    "cl100k_base": (
+        "223921b76ee99bde995b7ff738513eef100fb51d18c93597a113bcffe865b2a7",
+        r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}++|\p{N}{1,3}+| ?[^\s\p{L}\p{N}]++[\r\n]*+|\s++$|\s*[\r\n]|\s+(?!\S)|\s""",
+        {_ENDOFTEXT: 100257, "<|fim_prefix|>": 100258, "<|fim_middle|>": 100259, "<|fim_suffix|>": 100260,
+         "<|endofprompt|>": 100276},
+    ),
+    "o200k_base": (
+        "446a9538cb6c348e3516120d7c08b09f57c36495e2acfffe59a5bf8b0cfb1a2d",
+        "|".join(
+            [
+                r"""[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?""",
+                r"""[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?""",
+                r"""\p{N}{1,3}""",
+                r""" ?[^\s\p{L}\p{N}]+[\r\n/]*""",
+                r"""\s*[\r\n]+""",
+                r"""\s+(?!\S)""",
+                r"""\s+""",
+            ]
+        ),
+        {_ENDOFTEXT: 199999, "<|endofprompt|>": 200018},
+    ),
+}
+
+# Model-name prefixes of the o200k family; everything else OpenAI-like counts with cl100k.
+_O200K_PREFIXES = ("gpt-4o", "gpt-4.1", "gpt-4.5", "gpt-5", "o1", "o3", "o4", "chatgpt-4o", "mock")
+
+_lock = threading.Lock()
+
+
+class EncodingIntegrityError(RuntimeError):
+    pass
+
+
+def _load_ranks(name: str, expected_sha256: str) -> dict[bytes, int]:
+    blob = resources.files("gateway.limits").joinpath(f"encodings/{name}.tiktoken.gz").read_bytes()
+    data = gzip.decompress(blob)
+    actual = hashlib.sha256(data).hexdigest()
+    if actual != expected_sha256:
+        raise EncodingIntegrityError(f"{name}: sha256 {actual} does not match tiktoken's {expected_sha256}")
+    ranks: dict[bytes, int] = {}
+    for line in data.splitlines():
+        if line:
+            token, rank = line.split()
+            ranks[base64.b64decode(token)] = int(rank)
+    return ranks
+
+
+@cache
+def get_encoding(name: str) -> tiktoken.Encoding:
+    """The named encoding, loaded once per process from the shipped, hash-checked file."""
+    if name not in _ENCODINGS:
+        raise KeyError(f"unknown encoding {name!r}; shipped: {', '.join(_ENCODINGS)}")
+    with _lock:
+        sha, pattern, special = _ENCODINGS[name]
+        return tiktoken.Encoding(name=name, pat_str=pattern, mergeable_ranks=_load_ranks(name, sha),
+                                 special_tokens=special)
+
+
+def encoding_name_for_model(model: str) -> str:
+    m = model.lower().rsplit("/", 1)[-1]
+    return "o200k_base" if m.startswith(_O200K_PREFIXES) else "cl100k_base"
+
+
+def encoding_for_model(model: str) -> tiktoken.Encoding:
+    return get_encoding(encoding_name_for_model(model))
+
+
+def count_text(text: str, model: str = "gpt-4o") -> int:
+    # disallowed_special=() counts special-looking text as text, as the provider would bill it.
+    return len(encoding_for_model(model).encode(text, disallowed_special=()))
+
+
+def _content_text(content: Any) -> Iterable[str]:
+    if isinstance(content, str):
+        yield content
+    elif isinstance(content, list):
+        for part in content:
+            if isinstance(part, Mapping) and isinstance(part.get("text"), str):
+                yield part["text"]
+
+
+def count_messages(messages: Iterable[Mapping[str, Any]], model: str = "gpt-4o") -> int:
+    """Prompt tokens of a chat request by OpenAI's accounting: 3 per message, 1 per name, 3 to prime."""
+    enc = encoding_for_model(model)
+    total = 3
+    for msg in messages:
+        total += 3
+        for text in _content_text(msg.get("content")):
+            total += len(enc.encode(text, disallowed_special=()))
+        if isinstance(msg.get("role"), str):
+            total += len(enc.encode(msg["role"], disallowed_special=()))
+        if isinstance(msg.get("name"), str):
+            total += 1 + len(enc.encode(msg["name"], disallowed_special=()))
+        for call in msg.get("tool_calls") or ():
+            fn = call.get("function") or {} if isinstance(call, Mapping) else {}
+            for field in ("name", "arguments"):
+                if isinstance(fn.get(field), str):
+                    total += len(enc.encode(fn[field], disallowed_special=()))
+    return total
+
+
+def preload(names: Iterable[str] = ("o200k_base", "cl100k_base")) -> None:
+    """Load encodings at start-up so no request pays for it (and a bad file stops start-up)."""
+    for name in names:
+        get_encoding(name)

@@ -1,0 +1,147 @@
+"""What a provider is to the rest of the gateway.
+
+A provider kind is mostly data: a `Dialect` says how its API is spoken (URLs, auth headers,
+and the translation of requests, responses, stream events and errors to and from OpenAI's
+shape). One generic engine (`gateway.providers.http.HttpProvider`) applies a dialect over a
+pooled HTTP client. An OpenAI-compatible provider is the identity dialect plus a base URL.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from gateway.settings import ProviderSettings
+
+
+@dataclass(slots=True)
+class Usage:
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    cached_tokens: int = 0
+    # False when the provider did not report usage and the numbers are the gateway's estimate.
+    reported: bool = False
+
+    @property
+    def total_tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+@dataclass(slots=True)
+class ChatResult:
+    """A finished non-streaming chat completion, already in OpenAI's shape."""
+
+    body: bytes  # the JSON body for the client
+    usage: Usage
+    served_model: str | None = None
+    finish_reason: str | None = None
+
+
+@dataclass(slots=True)
+class EmbeddingsResult:
+    body: bytes
+    usage: Usage
+    served_model: str | None = None
+
+
+class StreamTranslator(Protocol):
+    """Turns one provider's stream events into OpenAI chat.completion.chunk payloads.
+
+    `feed` receives each server-sent event (its `event:` name, or None, and its `data:` bytes)
+    and returns zero or more JSON payloads to send to the client as `data: <payload>`.
+    `usage` is filled in as the provider reports it. `finish` is called once at the end of
+    the upstream stream and returns any last payloads (e.g. the usage chunk).
+    """
+
+    usage: Usage
+    served_model: str | None
+    finish_reason: str | None
+
+    def feed(self, event: str | None, data: bytes) -> list[bytes]: ...
+
+    def finish(self) -> list[bytes]: ...
+
+
+class Dialect(ABC):
+    """How one API family is spoken. Pure functions of their inputs: no I/O, no state."""
+
+    @abstractmethod
+    def chat_url(self, settings: ProviderSettings, model: str) -> str: ...
+
+    def embeddings_url(self, settings: ProviderSettings, model: str) -> str | None:
+        """None when the provider has no embeddings API."""
+        return None
+
+    @abstractmethod
+    def auth_headers(self, settings: ProviderSettings) -> dict[str, str]: ...
+
+    @abstractmethod
+    def encode_chat(self, body: dict[str, Any], model: str, settings: ProviderSettings) -> dict[str, Any]:
+        """The upstream request body for an OpenAI-shaped chat body (already validated).
+
+        May raise `gateway.errors.BadRequest` (with `param`) for what the provider cannot express.
+        """
+
+    @abstractmethod
+    def decode_chat(self, raw: bytes, requested_model: str) -> ChatResult:
+        """The upstream's successful response -> an OpenAI chat.completion body and its usage.
+
+        Raises `gateway.errors.UpstreamBadResponse` when the body is not what the API promises.
+        """
+
+    @abstractmethod
+    def stream_translator(self, requested_model: str, include_usage: bool) -> StreamTranslator: ...
+
+    def encode_embeddings(self, body: dict[str, Any], model: str, settings: ProviderSettings) -> dict[str, Any]:
+        return {**body, "model": model}
+
+    def decode_embeddings(self, raw: bytes, requested_model: str) -> EmbeddingsResult:
+        raise NotImplementedError
+
+    @abstractmethod
+    def error_message(self, status: int, raw: bytes) -> tuple[str, str | None, str | None]:
+        """(message, param, code) from an upstream error body; the engine redacts secrets after."""
+
+
+@dataclass(slots=True)
+class ChatStream:
+    """An upstream stream that has answered 2xx; iterate it for `data:` payloads in OpenAI's shape."""
+
+    chunks: AsyncIterator[bytes]
+    translator: StreamTranslator
+    close: Any = field(default=None)  # async callable releasing the upstream connection
+
+    @property
+    def usage(self) -> Usage:
+        return self.translator.usage
+
+    async def aclose(self) -> None:
+        if self.close is not None:
+            await self.close()
+
+
+class Provider(ABC):
+    """A configured provider instance: one per entry of `providers:`, owning its pooled client."""
+
+    def __init__(self, name: str, settings: ProviderSettings) -> None:
+        self.name = name
+        self.settings = settings
+
+    async def start(self) -> None:
+        """Open pooled clients; called once inside the running event loop."""
+
+    async def aclose(self) -> None:
+        """Close pooled clients; called once at shutdown."""
+
+    @abstractmethod
+    async def chat(self, body: dict[str, Any], model: str, *, timeout_s: float) -> ChatResult: ...
+
+    @abstractmethod
+    async def chat_stream(self, body: dict[str, Any], model: str, *, timeout_s: float,
+                          include_usage: bool) -> ChatStream:
+        """Open the stream and return once the upstream answered 2xx (errors raise before)."""
+
+    @abstractmethod
+    async def embeddings(self, body: dict[str, Any], model: str, *, timeout_s: float) -> EmbeddingsResult: ...

@@ -1,0 +1,308 @@
+"""Config and policies -> frozen, typed settings.
+
+This module is the only reader of the environment: `${VAR}` references in the YAML files are
+resolved here, once, and everything downstream receives plain values. Any mistake (unknown key,
+wrong type, missing variable, dangling reference) becomes one `ConfigError` whose message names
+the file and the key, so start-up stops with one readable line instead of a traceback.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+DEFAULT_CONFIG = "config/gateway.yaml"
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_NAME = r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$"
+_M = TypeVar("_M", bound=BaseModel)
+
+
+class ConfigError(Exception):
+    """A configuration mistake; str() is the one line printed at start-up."""
+
+    def __init__(self, file: Path | str, key: str, message: str) -> None:
+        self.file, self.key, self.message = str(file), key, message
+        where = f"{self.file}: {key}: " if key else f"{self.file}: "
+        super().__init__(where + message)
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ServerSettings(_Model):
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=0, le=65535)
+    max_body_bytes: int = Field(1_048_576, gt=0)
+    workers: int = Field(1, ge=1, le=64)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    # Log lines wait in a bounded queue; past it they are counted and dropped, never blocking.
+    log_queue_size: int = Field(10_000, gt=0)
+
+
+class StorageSettings(_Model):
+    state: str = "memory"
+    ledger: str = "sqlite:///.gateway/ledger.db"
+    # How often the in-memory key cache is refreshed from the ledger; a miss refreshes it too,
+    # at most once a second, so a new key works at once and a flood of bad keys costs nothing.
+    auth_refresh_s: float = Field(5.0, gt=0)
+
+    @field_validator("state")
+    @classmethod
+    def _state_scheme(cls, v: str) -> str:
+        if v != "memory" and not v.startswith(("redis://", "rediss://")):
+            raise ValueError("must be 'memory' or a redis:// URL")
+        return v
+
+    @field_validator("ledger")
+    @classmethod
+    def _ledger_scheme(cls, v: str) -> str:
+        if not v.startswith(("sqlite://", "postgresql://", "postgres://")):
+            raise ValueError("must be a sqlite:/// or postgresql:// URL")
+        return v
+
+
+ProviderKind = Literal["openai", "azure-openai", "anthropic", "mock"]
+
+
+class ProviderSettings(_Model):
+    kind: ProviderKind
+    base_url: str | None = None
+    api_key: str | None = Field(default=None, repr=False)
+    api_version: str | None = None
+    timeout_s: float = Field(30.0, gt=0)
+    connect_timeout_s: float = Field(5.0, gt=0)
+    max_connections: int = Field(256, gt=0)
+    headers: dict[str, str] = Field(default_factory=dict, repr=False)
+    # OpenAI-compatible servers that reject `stream_options` can turn this off; usage of
+    # their streams is then estimated instead of reported.
+    stream_usage: bool = True
+    # Anthropic needs max_tokens; this is used when neither the client nor the route sets it.
+    default_max_tokens: int = Field(4096, gt=0)
+    # Mock provider only: embedding dimensions and an artificial latency.
+    mock_latency_ms: float = Field(0.0, ge=0)
+    mock_embedding_dims: int = Field(64, gt=0, le=4096)
+
+    @model_validator(mode="after")
+    def _needs_url(self) -> ProviderSettings:
+        if self.kind != "mock" and not self.base_url:
+            raise ValueError(f"base_url is required for kind '{self.kind}'")
+        if self.kind == "azure-openai" and not self.api_version:
+            raise ValueError("api_version is required for kind 'azure-openai'")
+        if self.base_url and not self.base_url.startswith(("http://", "https://")):
+            raise ValueError("base_url must start with http:// or https://")
+        return self
+
+
+class TargetSettings(_Model):
+    provider: str
+    model: str
+
+
+class RouteSettings(_Model):
+    targets: Annotated[list[TargetSettings], Field(min_length=1)]
+    max_tokens: int | None = Field(None, gt=0)
+    description: str = ""
+
+
+class TenantSettings(_Model):
+    routes: list[str] = Field(default_factory=lambda: ["*"])
+    api_keys: list[str] = Field(default_factory=list, repr=False)
+    description: str = ""
+
+    def allows(self, route: str) -> bool:
+        return "*" in self.routes or route in self.routes
+
+
+class PathSettings(_Model):
+    policies: str = "../policies"
+    prompts: str = "../prompts"
+    evals: str = "../evals"
+    pricing: str = "pricing.yaml"
+
+
+class FileConfig(_Model):
+    """The shape of config/gateway.yaml."""
+
+    server: ServerSettings = ServerSettings()
+    storage: StorageSettings = StorageSettings()
+    paths: PathSettings = PathSettings()
+    providers: dict[str, ProviderSettings] = Field(default_factory=dict)
+    routes: dict[str, RouteSettings] = Field(default_factory=dict)
+
+
+class PolicyFile(_Model):
+    """The shape of one policies/*.yaml file; every section is optional."""
+
+    tenants: dict[str, TenantSettings] = Field(default_factory=dict)
+
+
+class EnvKey(_Model):
+    """A tenant key kept in the environment; `source` names the variable, never the value."""
+
+    tenant: str
+    source: str
+    secret: str = Field(repr=False)
+
+
+class Settings(_Model):
+    """Everything the gateway runs on, resolved and cross-checked."""
+
+    config_path: Path
+    base_dir: Path
+    server: ServerSettings
+    storage: StorageSettings
+    providers: dict[str, ProviderSettings]
+    routes: dict[str, RouteSettings]
+    tenants: dict[str, TenantSettings]
+    env_keys: tuple[EnvKey, ...] = ()
+    admin_key: str | None = Field(default=None, repr=False)
+
+    def resolve_path(self, value: str) -> Path:
+        p = Path(value)
+        return p if p.is_absolute() else (self.base_dir / p).resolve()
+
+    def ledger_url(self) -> str:
+        """The ledger URL with a relative SQLite path made relative to the config file."""
+        url = self.storage.ledger
+        prefix = "sqlite:///"
+        if url.startswith(prefix) and not url.startswith(prefix + "/") and ":memory:" not in url:
+            return prefix + str(self.resolve_path(url[len(prefix) :]))
+        return url
+
+
+def _interpolate(node: Any, env: Mapping[str, str], file: Path, path: tuple[str, ...]) -> Any:
+    if isinstance(node, dict):
+        return {k: _interpolate(v, env, file, (*path, str(k))) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_interpolate(v, env, file, (*path, str(i))) for i, v in enumerate(node)]
+    if isinstance(node, str) and "$" in node:
+
+        def sub(m: re.Match[str]) -> str:
+            name = m.group(1)
+            if name not in env or env[name] == "":
+                raise ConfigError(file, ".".join(path), f"environment variable {name} is not set")
+            return env[name]
+
+        return _ENV_REF.sub(sub, node)
+    return node
+
+
+def _read_yaml(file: Path) -> dict[str, Any]:
+    try:
+        text = file.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(file, "", "file not found") from None
+    except OSError as e:
+        raise ConfigError(file, "", f"cannot read: {e.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"line {mark.line + 1}" if mark else "YAML"
+        raise ConfigError(file, where, f"invalid YAML: {getattr(e, 'problem', e)}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(file, "", "top level must be a mapping")
+    return data
+
+
+def _validate(model: type[_M], data: dict[str, Any], file: Path) -> _M:
+    try:
+        return model.model_validate(data)
+    except ValidationError as e:
+        err = e.errors()[0]
+        key = ".".join(str(p) for p in err["loc"])
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+        elif msg.startswith("Value error, "):
+            msg = msg[len("Value error, ") :]
+        raise ConfigError(file, key, msg) from None
+
+
+def config_path_from(cli_value: str | None, env: Mapping[str, str] | None = None) -> Path:
+    env = os.environ if env is None else env
+    return Path(cli_value or env.get("GATEWAY_CONFIG") or DEFAULT_CONFIG)
+
+
+def load_settings(config_path: Path | str, env: Mapping[str, str] | None = None) -> Settings:
+    env = dict(os.environ) if env is None else dict(env)
+    file = Path(config_path)
+    raw = _interpolate(_read_yaml(file), env, file, ())
+    cfg = _validate(FileConfig, raw, file)
+    base_dir = file.resolve().parent
+
+    tenants: dict[str, TenantSettings] = {}
+    env_keys: list[EnvKey] = []
+    policies_dir = Path(cfg.paths.policies)
+    policies_dir = policies_dir if policies_dir.is_absolute() else base_dir / policies_dir
+    if policies_dir.is_dir():
+        for pfile in sorted(policies_dir.glob("*.yaml")) + sorted(policies_dir.glob("*.yml")):
+            raw_policy = _read_yaml(pfile)
+            # Keep the variable names of api_keys before interpolation: they identify the key.
+            sources = _key_sources(raw_policy, pfile)
+            policy = _validate(PolicyFile, _interpolate(raw_policy, env, pfile, ()), pfile)
+            for name, tenant in policy.tenants.items():
+                if name in tenants:
+                    raise ConfigError(pfile, f"tenants.{name}", "tenant declared twice")
+                _check_name(pfile, f"tenants.{name}", name)
+                for route in tenant.routes:
+                    if route != "*" and route not in cfg.routes:
+                        raise ConfigError(pfile, f"tenants.{name}.routes", f"unknown route '{route}'")
+                for i, secret in enumerate(tenant.api_keys):
+                    if len(secret) < 16:
+                        raise ConfigError(pfile, f"tenants.{name}.api_keys.{i}", "key shorter than 16 characters")
+                    env_keys.append(EnvKey(tenant=name, source=sources.get((name, i), f"{name}#{i}"), secret=secret))
+                tenants[name] = tenant
+
+    for name, provider in cfg.providers.items():
+        _check_name(file, f"providers.{name}", name)
+        del provider
+    for rname, route in cfg.routes.items():
+        _check_name(file, f"routes.{rname}", rname)
+        for i, target in enumerate(route.targets):
+            if target.provider not in cfg.providers:
+                raise ConfigError(file, f"routes.{rname}.targets.{i}.provider", f"unknown provider '{target.provider}'")
+
+    admin_key = env.get("GATEWAY_ADMIN_KEY") or None
+    return Settings(
+        config_path=file,
+        base_dir=base_dir,
+        server=cfg.server,
+        storage=cfg.storage,
+        providers=cfg.providers,
+        routes=cfg.routes,
+        tenants=tenants,
+        env_keys=tuple(env_keys),
+        admin_key=admin_key,
+    )
+
+
+def _check_name(file: Path, key: str, name: str) -> None:
+    if not re.match(_NAME, name):
+        raise ConfigError(file, key, "names may hold letters, digits and . _ : - (at most 128)")
+
+
+def _key_sources(raw: dict[str, Any], file: Path) -> dict[tuple[str, int], str]:
+    out: dict[tuple[str, int], str] = {}
+    tenants = raw.get("tenants")
+    if not isinstance(tenants, dict):
+        return out
+    for name, t in tenants.items():
+        keys = t.get("api_keys") if isinstance(t, dict) else None
+        if isinstance(keys, list):
+            for i, k in enumerate(keys):
+                m = _ENV_REF.fullmatch(k) if isinstance(k, str) else None
+                if m is None:
+                    # A key written into a file is a secret in a file: refuse it.
+                    raise ConfigError(file, f"tenants.{name}.api_keys.{i}", "must name an environment variable, like ${ACME_API_KEY}")
+                out[(str(name), i)] = f"env:{m.group(1)}"
+    return out
