@@ -266,9 +266,9 @@ def load_settings(config_path: Path | str, env: Mapping[str, str] | None = None)
     for name, provider in cfg.providers.items():
         _check_name(file, f"providers.{name}", name)
         del provider
-    for rname, route in cfg.routes.items():
+    for rname, route_cfg in cfg.routes.items():
         _check_name(file, f"routes.{rname}", rname)
-        for i, target in enumerate(route.targets):
+        for i, target in enumerate(route_cfg.targets):
             if target.provider not in cfg.providers:
                 raise ConfigError(file, f"routes.{rname}.targets.{i}.provider", f"unknown provider '{target.provider}'")
 
@@ -303,6 +303,7 @@ def _key_sources(raw: dict[str, Any], file: Path) -> dict[tuple[str, int], str]:
                 m = _ENV_REF.fullmatch(k) if isinstance(k, str) else None
                 if m is None:
                     # A key written into a file is a secret in a file: refuse it.
-                    raise ConfigError(file, f"tenants.{name}.api_keys.{i}", "must name an environment variable, like ${ACME_API_KEY}")
+                    raise ConfigError(file, f"tenants.{name}.api_keys.{i}",
+                                      "must name an environment variable, like ${ACME_API_KEY}")
                 out[(str(name), i)] = f"env:{m.group(1)}"
     return out

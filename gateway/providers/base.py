@@ -129,10 +129,10 @@ class Provider(ABC):
         self.name = name
         self.settings = settings
 
-    async def start(self) -> None:
+    async def start(self) -> None:  # noqa: B027 - optional hook
         """Open pooled clients; called once inside the running event loop."""
 
-    async def aclose(self) -> None:
+    async def aclose(self) -> None:  # noqa: B027 - optional hook
         """Close pooled clients; called once at shutdown."""
 
     @abstractmethod

@@ -1,0 +1,171 @@
+"""Ingress: request id, body size limit, the error boundary, and the one log line per request.
+
+A plain ASGI middleware (no per-request Starlette objects). Every response leaves with an
+`x-request-id`; every `GatewayError` becomes an OpenAI error body; anything unexpected becomes
+a 500 in the same shape, logged with its traceback, never a dropped connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import re
+
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from gateway.errors import GatewayError, InternalError, PayloadTooLarge, error_response_parts
+from gateway.pipeline.context import Call
+
+_REQUEST_ID = re.compile(rb"^[A-Za-z0-9._:\-]{1,128}$")
+_QUIET_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
+_log = logging.getLogger("gateway.ingress")
+
+CALL_KEY = "gateway.call"
+
+
+def new_request_id() -> str:
+    return "req_" + os.urandom(12).hex()
+
+
+def _client_request_id(headers: list[tuple[bytes, bytes]]) -> str | None:
+    for name, value in headers:
+        if name == b"x-request-id":
+            return value.decode("ascii") if _REQUEST_ID.match(value) else None
+    return None
+
+
+def _content_length(headers: list[tuple[bytes, bytes]]) -> int | None:
+    for name, value in headers:
+        if name == b"content-length":
+            try:
+                return int(value)
+            except ValueError:
+                return None
+    return None
+
+
+class IngressMiddleware:
+    def __init__(self, app: ASGIApp, *, max_body_bytes: int, access_log: logging.Logger) -> None:
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+        self.access_log = access_log
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = scope["headers"]
+        call = Call(request_id=_client_request_id(headers) or new_request_id(), method=scope["method"],
+                    path=scope["path"])
+        scope[CALL_KEY] = call
+        rid_header = (b"x-request-id", call.request_id.encode())
+        started = False
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+                call.status = message["status"]
+                message["headers"] = [*message.get("headers", ()), rid_header]
+            await send(message)
+
+        watch = _DisconnectWatch(receive, self.max_body_bytes)
+        try:
+            length = _content_length(headers)
+            if length is not None and length > self.max_body_bytes:
+                await _drain(receive, limit=16 * self.max_body_bytes)
+                raise PayloadTooLarge(
+                    f"Request body of {length} bytes exceeds the limit of {self.max_body_bytes} bytes.")
+            await self.app(scope, watch.receive, send_wrapper)
+        except GatewayError as exc:
+            await self._error(exc, call, started, send)
+        except asyncio.CancelledError:
+            if not watch.disconnected:
+                raise
+            # Our own cancellation: the client left, and everything it started has been stopped.
+            asyncio.current_task().uncancel()  # type: ignore[union-attr]
+            call.client_disconnected = True
+            call.status = 499
+        except Exception:
+            _log.exception("unhandled error", extra={"fields": {"request_id": call.request_id}})
+            await self._error(InternalError("The gateway failed to process the request."), call, started, send)
+        finally:
+            watch.stop()
+            if scope["path"] not in _QUIET_PATHS:
+                self.access_log.info("request", extra={"fields": call.log_record()})
+
+    async def _error(self, exc: GatewayError, call: Call, started: bool, send: Send) -> None:
+        call.error_type, call.error_code = type(exc).__name__, exc.error_code
+        if started:
+            return  # a streaming response reports its own errors in-band
+        status, body, headers = error_response_parts(exc, call.request_id)
+        call.status = status
+        await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+
+async def _drain(receive: Receive, limit: int) -> None:
+    """Read and discard an oversized body so the client can read our 413 instead of a reset."""
+    seen = 0
+    while seen <= limit:
+        message = await receive()
+        if message["type"] != "http.request":
+            return
+        seen += len(message.get("body", b""))
+        if not message.get("more_body", False):
+            return
+
+
+class _DisconnectWatch:
+    """The app's `receive`: enforces the body limit, then watches for the client leaving.
+
+    Once the body has been read, a watcher task becomes the only reader of the connection; when
+    the client disconnects it cancels the request's task, so an upstream call in flight (even
+    one still waiting for the provider's first byte) is abandoned at once rather than at its
+    timeout. Later `receive()` calls from the app wait for that same disconnect.
+    """
+
+    __slots__ = ("_event", "_limit", "_receive", "_seen", "_task", "_watcher", "disconnected")
+
+    def __init__(self, receive: Receive, limit: int) -> None:
+        self._receive, self._limit, self._seen = receive, limit, 0
+        self._task = asyncio.current_task()
+        self._watcher: asyncio.Task[None] | None = None
+        self._event: asyncio.Event | None = None
+        self.disconnected = False
+
+    async def receive(self) -> Message:
+        if self._event is not None:
+            await self._event.wait()
+            return {"type": "http.disconnect"}
+        message = await self._receive()
+        if message["type"] == "http.request":
+            self._seen += len(message.get("body", b""))
+            more = message.get("more_body", False)
+            if self._seen > self._limit:
+                if more:
+                    await _drain(self._receive, limit=16 * self._limit)
+                raise PayloadTooLarge(f"Request body exceeds the limit of {self._limit} bytes.")
+            if not more:
+                self._event = asyncio.Event()
+                self._watcher = asyncio.create_task(self._watch())
+        return message
+
+    async def _watch(self) -> None:
+        while True:
+            message = await self._receive()
+            if message["type"] == "http.disconnect":
+                break
+        self.disconnected = True
+        assert self._event is not None
+        self._event.set()
+        if self._task is not None:
+            self._task.cancel()
+
+    def stop(self) -> None:
+        if self._watcher is not None and not self._watcher.done():
+            self._watcher.cancel()
+        # The client left just as the request finished: withdraw the cancel nobody will catch.
+        if self.disconnected and self._task is not None and self._task.cancelling():
+            self._task.uncancel()

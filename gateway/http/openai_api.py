@@ -1,0 +1,147 @@
+"""The OpenAI surface: thin endpoints that parse, run the pipeline, and answer JSON or SSE."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncGenerator
+from typing import Any
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+
+from gateway.errors import GatewayError, InternalError
+from gateway.http.ingress import CALL_KEY
+from gateway.http.sse import SSEResponse
+from gateway.http.validation import parse_json_object, validate_chat, validate_embeddings
+from gateway.limits.tokens import count_messages
+from gateway.pipeline.auth import authenticate
+from gateway.pipeline.context import Call
+from gateway.pipeline.policy import allowed_routes, apply_route_caps, resolve_route
+from gateway.providers.base import ChatStream, Usage
+from gateway.runtime import Gateway
+
+_log = logging.getLogger("gateway.stream")
+_JSON = b"application/json"
+
+
+def _gateway(request: Request) -> Gateway:
+    gw: Gateway = request.app.state.gateway
+    return gw
+
+
+def _call(request: Request) -> Call:
+    call: Call = request.scope[CALL_KEY]
+    return call
+
+
+def _json(body: bytes, headers: list[tuple[bytes, bytes]] | None = None) -> Response:
+    resp = Response(body, media_type="application/json")
+    if headers:
+        resp.raw_headers.extend(headers)
+    return resp
+
+
+def _route_headers(call: Call) -> list[tuple[bytes, bytes]]:
+    return [
+        (b"x-gateway-route", (call.route or "").encode()),
+        (b"x-gateway-provider", (call.provider or "").encode()),
+        (b"x-gateway-attempts", str(len(call.attempts)).encode()),
+    ]
+
+
+async def _begin(request: Request, kind: str) -> tuple[Gateway, Call, dict[str, Any]]:
+    """ingress -> auth -> body: the steps every model call shares."""
+    gw, call = _gateway(request), _call(request)
+    call.kind = kind
+    await authenticate(request.headers, gw.key_cache, call)
+    feature = request.headers.get("x-gateway-feature")
+    if feature:
+        call.feature = feature[:128]
+    body = parse_json_object(await request.body())
+    return gw, call, body
+
+
+async def chat_completions(request: Request) -> Response | SSEResponse:
+    gw, call, body = await _begin(request, "chat")
+    call.model_requested = validate_chat(body)
+    route = resolve_route(gw.settings, call, call.model_requested)
+    apply_route_caps(body, route)
+    if not body.get("stream"):
+        result = await gw.router.chat(call, route, body)
+        call.usage, call.model_served, call.finish_reason = result.usage, result.served_model, result.finish_reason
+        return _json(result.body, _route_headers(call))
+
+    call.stream = True
+    include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+    stream = await gw.router.chat_stream(call, route, body, include_usage)
+    return SSEResponse(_relay(stream, call, body), _route_headers(call))
+
+
+async def _relay(stream: ChatStream, call: Call, body: dict[str, Any]) -> AsyncGenerator[bytes, None]:
+    """Relays chunks as they arrive, then `[DONE]`; after the first byte, failures are reported in-band
+    as one OpenAI-style error event, and the stream ends without `[DONE]`."""
+    completed = False
+    try:
+        async for payload in stream.chunks:
+            if call.ttft_ms is None:
+                call.ttft_ms = call.elapsed_ms()
+            yield payload
+        completed = True
+        yield b"[DONE]"
+    except GatewayError as exc:
+        call.error_type, call.error_code = type(exc).__name__, exc.error_code
+        yield _stream_error(exc)
+    except Exception:
+        _log.exception("stream relay failed", extra={"fields": {"request_id": call.request_id}})
+        internal = InternalError("The gateway failed while relaying the stream.")
+        call.error_type, call.error_code = type(internal).__name__, internal.error_code
+        yield _stream_error(internal)
+    finally:
+        if not completed and call.error_type is None:
+            call.client_disconnected = True
+        await stream.aclose()
+        call.model_served = stream.translator.served_model
+        call.finish_reason = stream.translator.finish_reason
+        call.usage = stream.usage if stream.usage.reported else _estimate(body, stream.usage)
+
+
+def _stream_error(exc: GatewayError) -> bytes:
+    return orjson.dumps({"error": {"message": exc.message, "type": exc.type, "param": exc.param,
+                                   "code": exc.error_code}})
+
+
+def _estimate(body: dict[str, Any], usage: Usage) -> Usage:
+    """A provider that reports no usage for a stream: the prompt side is counted here."""
+    return Usage(prompt_tokens=count_messages(body.get("messages") or ()), completion_tokens=usage.completion_tokens,
+                 reported=False)
+
+
+async def embeddings(request: Request) -> Response:
+    gw, call, body = await _begin(request, "embeddings")
+    call.model_requested = validate_embeddings(body)
+    route = resolve_route(gw.settings, call, call.model_requested)
+    result = await gw.router.embeddings(call, route, body)
+    call.usage, call.model_served = result.usage, result.served_model
+    return _json(result.body, _route_headers(call))
+
+
+def _model_object(name: str, created: int) -> dict[str, Any]:
+    return {"id": name, "object": "model", "created": created, "owned_by": "gateway"}
+
+
+async def list_models(request: Request) -> Response:
+    gw, call = _gateway(request), _call(request)
+    call.kind = "models"
+    await authenticate(request.headers, gw.key_cache, call)
+    data = [_model_object(name, gw.started_at) for name in allowed_routes(gw.settings, call.tenant)]
+    return _json(orjson.dumps({"object": "list", "data": data}))
+
+
+async def retrieve_model(request: Request) -> Response:
+    gw, call = _gateway(request), _call(request)
+    call.kind = "models"
+    await authenticate(request.headers, gw.key_cache, call)
+    name = request.path_params["model"]
+    resolve_route(gw.settings, call, name)
+    return _json(orjson.dumps(_model_object(name, gw.started_at)))

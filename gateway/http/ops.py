@@ -1,0 +1,21 @@
+"""Operations endpoints: liveness and readiness."""
+
+from __future__ import annotations
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+
+
+async def healthz(request: Request) -> Response:
+    return Response(b'{"status":"ok"}', media_type="application/json")
+
+
+async def readyz(request: Request) -> Response:
+    gw = request.app.state.gateway
+    ledger_ok = await gw.ledger.ping(timeout_s=1.0)
+    checks = {"ledger": "ok" if ledger_ok else "unreachable"}
+    if ledger_ok:
+        return Response(orjson.dumps({"status": "ready", "checks": checks}), media_type="application/json")
+    return Response(orjson.dumps({"status": "unready", "checks": checks}), status_code=503,
+                    media_type="application/json", headers={"retry-after": "1"})

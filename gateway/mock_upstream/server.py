@@ -1,0 +1,229 @@
+"""The mock upstream as an ASGI app: OpenAI, Azure OpenAI and Anthropic endpoints with faults.
+
+Every provider request goes through one path: log it, check the key, parse and validate the
+body, decide the fault, wait the latency, then answer (or misbehave) in that provider's shape.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import time
+from collections.abc import Mapping
+from typing import Any, Literal
+
+import orjson
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from gateway.mock_upstream import control
+from gateway.mock_upstream.answers import (
+    anthropic_events,
+    anthropic_message,
+    chat_chunks,
+    chat_completion,
+    embeddings_response,
+)
+from gateway.mock_upstream.control import MockState, RequestLog
+from gateway.mock_upstream.faults import DirectiveError, Fault, FaultConfig, FaultInjector
+from gateway.mock_upstream.shapes import Api, error_response, mask_key
+from gateway.mock_upstream.transport import (
+    HANG_S,
+    EventStreamResponse,
+    GoneResponse,
+    ResetResponse,
+    wait_disconnect,
+)
+
+Kind = Literal["chat", "embeddings", "messages"]
+MODELS = ("gpt-4o", "gpt-4o-mini", "text-embedding-3-small", "claude-sonnet-4-5", "claude-haiku-4-5")
+_BAD_JSON = {
+    "openai": "We could not parse the JSON body of your request. The OpenAI API expects a JSON payload.",
+    "azure": "We could not parse the JSON body of your request.",
+    "anthropic": "There was an error parsing the body of your request.",
+}
+
+
+class _Problem(Exception):
+    """A request the provider would refuse; carries the error response's parts."""
+
+    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None) -> None:
+        super().__init__(message)
+        self.status, self.message, self.param, self.code = status, message, param, code
+
+
+def _check_key(api: Api, headers: Mapping[str, str], key: str | None) -> None:
+    if key is None:
+        return
+    if api == "openai":
+        auth = headers.get("authorization", "")
+        given = auth[7:].strip() if auth[:7].lower() == "bearer " else ""
+        if not given:
+            raise _Problem(401, "You didn't provide an API key. You need to provide your API key in an "
+                                "Authorization header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY).")
+        if not hmac.compare_digest(given.encode(), key.encode()):
+            raise _Problem(401, f"Incorrect API key provided: {mask_key(given)}. You can find your API key at "
+                                "https://platform.openai.com/account/api-keys.", code="invalid_api_key")
+    elif api == "azure":
+        if not hmac.compare_digest(headers.get("api-key", "").encode(), key.encode()):
+            raise _Problem(401, "Access denied due to invalid subscription key or wrong API endpoint. Make sure "
+                                "to provide a valid key for an active subscription and use a correct regional "
+                                "API endpoint for your resource.", code="401")
+    else:
+        sent = headers.get("x-api-key", "")
+        if not sent:
+            raise _Problem(401, "x-api-key header is required")
+        if not hmac.compare_digest(sent.encode(), key.encode()):
+            raise _Problem(401, "invalid x-api-key")
+
+
+def _validate(api: Api, kind: Kind, body: dict[str, Any], headers: Mapping[str, str]) -> None:
+    if api == "anthropic":
+        if "anthropic-version" not in headers:
+            raise _Problem(400, "anthropic-version: header is required")
+        for name, ok in (("model", isinstance(body.get("model"), str)),
+                         ("max_tokens", isinstance(body.get("max_tokens"), int)),
+                         ("messages", isinstance(body.get("messages"), list))):
+            if not ok:
+                raise _Problem(400, f"{name}: Field required" if name not in body else f"{name}: Input is invalid")
+        return
+    if api == "openai" and not isinstance(body.get("model"), str):
+        raise _Problem(400, "you must provide a model parameter", param="model")
+    if kind == "chat" and not (isinstance(body.get("messages"), list) and body["messages"]):
+        raise _Problem(400, "Missing required parameter: 'messages'.", param="messages",
+                       code="missing_required_parameter")
+    if kind == "embeddings" and "input" not in body:
+        raise _Problem(400, "Missing required parameter: 'input'.", param="input", code="missing_required_parameter")
+
+
+def _sse(events: list[bytes], tail: bytes, fault: Fault, headers: dict[str, str]) -> Response:
+    delay = fault.chunk_delay_ms / 1000
+    if fault.kind == "malformed":
+        # The second event's JSON stops half-way; the stream then ends normally.
+        events = [*events[:1], events[1][: len(events[1]) // 2] + b"\n\n"] if len(events) > 1 else [b"data: {\n\n"]
+    cut = fault.cut_after if fault.kind == "cut" else None
+    return EventStreamResponse(events, tail, cut_after=cut, delay_s=delay, headers=headers)
+
+
+def _answer(api: Api, kind: Kind, body: dict[str, Any], model: str, dims: int, fault: Fault,
+            headers: dict[str, str]) -> Response:
+    stream = body.get("stream") is True and kind != "embeddings"
+    if stream and kind == "messages":
+        encoded = [b"event: " + name.encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n"
+                   for name, data in anthropic_events(body, model=model)]
+        return _sse(encoded[:-1], encoded[-1], fault, headers)
+    if stream:
+        options = body.get("stream_options")
+        usage = isinstance(options, dict) and options.get("include_usage") is True
+        chunks = [b"data: " + orjson.dumps(c) + b"\n\n" for c in chat_chunks(body, model=model, include_usage=usage)]
+        return _sse(chunks, b"data: [DONE]\n\n", fault, headers)
+    if kind == "messages":
+        raw = orjson.dumps(anthropic_message(body, model=model))
+    elif kind == "chat":
+        raw = orjson.dumps(chat_completion(body, model=model))
+    else:
+        try:
+            raw = orjson.dumps(embeddings_response(body, model=model, dims=dims))
+        except ValueError as exc:
+            raise _Problem(400, str(exc), param="input") from None
+    if fault.kind == "malformed":
+        raw = raw[: len(raw) // 2]
+    return Response(raw, headers=headers, media_type="application/json")
+
+
+async def _serve(request: Request, api: Api, kind: Kind, model: str | None = None) -> Response:
+    state: MockState = request.app.state.mock
+    entry = state.log.start(request.scope)
+    request_id = f"req_mock{entry['seq']:012d}"
+    try:
+        response = await _handle(request, state, entry, api, kind, model, request_id)
+    except _Problem as p:
+        response = error_response(api, p.status, p.message, param=p.param, code=p.code, request_id=request_id)
+    entry["status"] = response.status_code or None
+    return response
+
+
+async def _handle(request: Request, state: MockState, entry: dict[str, Any], api: Api, kind: Kind,
+                  model: str | None, request_id: str) -> Response:
+    _check_key(api, request.headers, state.api_key)
+    if api == "azure" and not request.query_params.get("api-version"):
+        raise _Problem(400, "Missing required query parameter: api-version", param="api-version",
+                       code="MissingApiVersionParameter")
+    try:
+        body = orjson.loads(await request.body())
+    except orjson.JSONDecodeError:
+        raise _Problem(400, _BAD_JSON[api]) from None
+    if not isinstance(body, dict):
+        raise _Problem(400, _BAD_JSON[api])
+    entry["body"] = body
+    _validate(api, kind, body, request.headers)
+    try:
+        fault = state.injector.decide(request.headers, body, stream=body.get("stream") is True)
+    except DirectiveError as exc:
+        raise _Problem(400, f"mock: {exc}") from None
+    entry["fault"] = fault.describe()
+    if fault.latency_ms:
+        await asyncio.sleep(fault.latency_ms / 1000)
+    if fault.kind == "reset":
+        return ResetResponse()
+    if fault.kind == "hang":
+        if await wait_disconnect(request.receive, HANG_S):
+            return GoneResponse()
+        raise _Problem(504, "mock: hang ended without the client giving up")
+    if fault.kind == "status" and fault.status is not None:
+        return error_response(api, fault.status, retry_after_s=fault.retry_after_s, request_id=request_id)
+    headers = {"request-id" if api == "anthropic" else "x-request-id": request_id}
+    return _answer(api, kind, body, model or str(body.get("model", "")), state.dims, fault, headers)
+
+
+async def openai_chat(request: Request) -> Response:
+    return await _serve(request, "openai", "chat")
+
+
+async def openai_embeddings(request: Request) -> Response:
+    return await _serve(request, "openai", "embeddings")
+
+
+async def azure_chat(request: Request) -> Response:
+    return await _serve(request, "azure", "chat", request.path_params["deployment"])
+
+
+async def azure_embeddings(request: Request) -> Response:
+    return await _serve(request, "azure", "embeddings", request.path_params["deployment"])
+
+
+async def anthropic_messages(request: Request) -> Response:
+    return await _serve(request, "anthropic", "messages")
+
+
+async def list_models(request: Request) -> Response:
+    """OpenAI's model list, or Anthropic's when the client speaks Anthropic (it sends anthropic-version)."""
+    if "anthropic-version" in request.headers:
+        data: list[dict[str, Any]] = [
+            {"type": "model", "id": m, "display_name": m, "created_at": "2025-01-01T00:00:00Z"}
+            for m in MODELS if m.startswith("claude")
+        ]
+        page = {"data": data, "has_more": False, "first_id": data[0]["id"], "last_id": data[-1]["id"]}
+        return Response(orjson.dumps(page), media_type="application/json")
+    now = int(time.time())
+    models = {"object": "list", "data": [{"id": m, "object": "model", "created": now, "owned_by": "mock"}
+                                         for m in MODELS]}
+    return Response(orjson.dumps(models), media_type="application/json")
+
+
+def create_mock_app(faults: FaultConfig, *, dims: int = 64, api_key: str | None = None,
+                    log_size: int = 10_000) -> Starlette:
+    routes = [
+        Route("/v1/chat/completions", openai_chat, methods=["POST"]),
+        Route("/v1/embeddings", openai_embeddings, methods=["POST"]),
+        Route("/v1/models", list_models, methods=["GET"]),
+        Route("/v1/messages", anthropic_messages, methods=["POST"]),
+        Route("/openai/deployments/{deployment}/chat/completions", azure_chat, methods=["POST"]),
+        Route("/openai/deployments/{deployment}/embeddings", azure_embeddings, methods=["POST"]),
+        *control.routes,
+    ]
+    app = Starlette(routes=routes)
+    app.state.mock = MockState(FaultInjector(faults), dims=dims, api_key=api_key, log=RequestLog(log_size))
+    return app

@@ -1,0 +1,87 @@
+"""The `Call`: one request's record as it flows through the stages.
+
+A stage never reaches into another stage's internals; what it learns, it writes here. At the
+end the Call becomes the log line (and, with the ledger, the envelope).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from gateway.providers.base import Usage
+
+
+@dataclass(slots=True)
+class Attempt:
+    provider: str
+    model: str
+    status: int = 0
+    error: str | None = None  # the error class name when the attempt failed
+    latency_ms: float = 0.0
+
+
+@dataclass(slots=True)
+class Call:
+    request_id: str
+    method: str
+    path: str
+    started: float = field(default_factory=time.perf_counter)
+    started_at: float = field(default_factory=time.time)
+    kind: str = ""  # chat | embeddings | models | admin | ops
+    tenant: str | None = None
+    key_id: str | None = None
+    route: str | None = None
+    feature: str | None = None
+    stream: bool = False
+    model_requested: str | None = None
+    provider: str | None = None
+    model_served: str | None = None
+    attempts: list[Attempt] = field(default_factory=list)
+    usage: Usage | None = None
+    finish_reason: str | None = None
+    status: int = 0
+    error_type: str | None = None
+    error_code: str | None = None
+    ttft_ms: float | None = None
+    client_disconnected: bool = False
+
+    def elapsed_ms(self) -> float:
+        return (time.perf_counter() - self.started) * 1000
+
+    def log_record(self) -> dict[str, Any]:
+        usage = self.usage
+        rec: dict[str, Any] = {
+            "request_id": self.request_id,
+            "method": self.method,
+            "path": self.path,
+            "status": self.status,
+            "latency_ms": round(self.elapsed_ms(), 3),
+            "tenant": self.tenant,
+            "key_id": self.key_id,
+            "route": self.route,
+            "provider": self.provider,
+            "model": self.model_requested,
+            "model_served": self.model_served,
+            "stream": self.stream,
+            "prompt_tokens": usage.prompt_tokens if usage else None,
+            "completion_tokens": usage.completion_tokens if usage else None,
+            "usage_reported": usage.reported if usage else None,
+            "finish_reason": self.finish_reason,
+        }
+        if self.feature:
+            rec["feature"] = self.feature
+        if self.ttft_ms is not None:
+            rec["ttft_ms"] = round(self.ttft_ms, 3)
+        if self.attempts:
+            rec["attempts"] = [
+                {"provider": a.provider, "model": a.model, "status": a.status, "error": a.error,
+                 "latency_ms": round(a.latency_ms, 3)}
+                for a in self.attempts
+            ]
+        if self.error_type:
+            rec["error"] = {"type": self.error_type, "code": self.error_code}
+        if self.client_disconnected:
+            rec["client_disconnected"] = True
+        return rec

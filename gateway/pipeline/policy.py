@@ -1,0 +1,44 @@
+"""policy: the model name a client sends -> a route, and whether this tenant may use it."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from gateway.errors import ModelNotFound, PermissionDenied
+from gateway.pipeline.context import Call
+from gateway.settings import RouteSettings, Settings
+
+_authz_log = logging.getLogger("gateway.authz")
+
+
+def resolve_route(settings: Settings, call: Call, model: str) -> RouteSettings:
+    route = settings.routes.get(model)
+    if route is None:
+        raise ModelNotFound(f"The model `{model}` does not exist or you do not have access to it.", param="model")
+    tenant = settings.tenants.get(call.tenant or "")
+    if tenant is None or not tenant.allows(model):
+        _authz_log.warning("denied", extra={"fields": {
+            "request_id": call.request_id, "subject": f"tenant:{call.tenant}", "key_id": call.key_id,
+            "action": f"{call.kind}.create", "resource": f"route:{model}", "decision": "deny"}})
+        raise PermissionDenied(f"Tenant '{call.tenant}' is not allowed to use the model `{model}`.", param="model")
+    call.route = model
+    return route
+
+
+def allowed_routes(settings: Settings, tenant_name: str | None) -> list[str]:
+    tenant = settings.tenants.get(tenant_name or "")
+    if tenant is None:
+        return []
+    return [name for name in settings.routes if tenant.allows(name)]
+
+
+def apply_route_caps(body: dict[str, Any], route: RouteSettings) -> None:
+    """The route's max_tokens caps the completion, and is the default when the client sets none."""
+    cap = route.max_tokens
+    if cap is None:
+        return
+    field = "max_completion_tokens" if "max_completion_tokens" in body else "max_tokens"
+    asked = body.get(field)
+    if asked is None or asked > cap:
+        body[field] = cap

@@ -1,0 +1,177 @@
+"""The one engine that speaks HTTP to providers, applying a `Dialect`.
+
+One pooled aiohttp session per provider, opened at start-up: measured on this kind of machine,
+httpx's default pool collapses under concurrency while aiohttp's client holds up (see DESIGN.md).
+Low-level failures are mapped to the public error tree here and only here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any, NoReturn
+
+import aiohttp
+import orjson
+
+from gateway.errors import (
+    GatewayError,
+    UpstreamAuthFailed,
+    UpstreamBadResponse,
+    UpstreamError,
+    UpstreamRateLimited,
+    UpstreamRejected,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+    redact,
+)
+from gateway.providers.base import ChatResult, ChatStream, Dialect, EmbeddingsResult, Provider, StreamTranslator
+from gateway.settings import ProviderSettings
+
+_NOT_RETRYABLE = {400, 404, 413, 422}
+
+
+class HttpProvider(Provider):
+    def __init__(self, name: str, settings: ProviderSettings, dialect: Dialect) -> None:
+        super().__init__(name, settings)
+        self.dialect = dialect
+        self._session: aiohttp.ClientSession | None = None
+
+    async def start(self) -> None:
+        connector = aiohttp.TCPConnector(
+            limit=self.settings.max_connections, limit_per_host=0, ttl_dns_cache=300, keepalive_timeout=30
+        )
+        headers = {"content-type": "application/json", **self.dialect.auth_headers(self.settings),
+                   **self.settings.headers}
+        self._session = aiohttp.ClientSession(connector=connector, headers=headers, auto_decompress=True,
+                                              skip_auto_headers=("User-Agent",))
+
+    async def aclose(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            raise RuntimeError(f"provider {self.name} used before start()")
+        return self._session
+
+    # -- chat ------------------------------------------------------------------------------
+    async def chat(self, body: dict[str, Any], model: str, *, timeout_s: float) -> ChatResult:
+        payload = orjson.dumps(self.dialect.encode_chat(body, model, self.settings))
+        raw = await self._post(self.dialect.chat_url(self.settings, model), payload, timeout_s)
+        return self.dialect.decode_chat(raw, model)
+
+    async def embeddings(self, body: dict[str, Any], model: str, *, timeout_s: float) -> EmbeddingsResult:
+        url = self.dialect.embeddings_url(self.settings, model)
+        if url is None:
+            raise UpstreamRejected(f"provider '{self.name}' has no embeddings API", param="model")
+        payload = orjson.dumps(self.dialect.encode_embeddings(body, model, self.settings))
+        raw = await self._post(url, payload, timeout_s)
+        return self.dialect.decode_embeddings(raw, model)
+
+    async def _post(self, url: str, payload: bytes, timeout_s: float) -> bytes:
+        timeout = aiohttp.ClientTimeout(total=timeout_s, sock_connect=min(timeout_s, self.settings.connect_timeout_s))
+        try:
+            async with self.session.post(url, data=payload, timeout=timeout) as resp:
+                raw = await resp.read()
+                if resp.status >= 400:
+                    self._raise_for(resp.status, raw, resp.headers)
+                return raw
+        except GatewayError:
+            raise
+        except TimeoutError:
+            raise UpstreamTimeout(f"provider '{self.name}' did not answer within {timeout_s:g}s") from None
+        except aiohttp.ClientError as e:
+            raise UpstreamUnavailable(f"provider '{self.name}' is unreachable ({type(e).__name__})") from None
+
+    async def chat_stream(self, body: dict[str, Any], model: str, *, timeout_s: float,
+                          include_usage: bool) -> ChatStream:
+        payload = orjson.dumps(self.dialect.encode_chat(body, model, self.settings))
+        url = self.dialect.chat_url(self.settings, model)
+        # The deadline bounds the wait for the response head; after that, each read may idle
+        # at most timeout_s (a stream may legitimately last longer than one timeout).
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=min(timeout_s, self.settings.connect_timeout_s),
+                                        sock_read=timeout_s)
+        try:
+            async with asyncio.timeout(timeout_s):
+                resp = await self.session.post(url, data=payload, timeout=timeout)
+                if resp.status >= 400:
+                    try:
+                        raw = await resp.read()
+                    finally:
+                        resp.release()
+                    self._raise_for(resp.status, raw, resp.headers)
+        except GatewayError:
+            raise
+        except TimeoutError:
+            raise UpstreamTimeout(f"provider '{self.name}' did not answer within {timeout_s:g}s") from None
+        except aiohttp.ClientError as e:
+            raise UpstreamUnavailable(f"provider '{self.name}' is unreachable ({type(e).__name__})") from None
+        translator = self.dialect.stream_translator(model, include_usage)
+
+        async def close() -> None:
+            resp.close()
+
+        return ChatStream(chunks=self._relay(resp, translator), translator=translator, close=close)
+
+    async def _relay(self, resp: aiohttp.ClientResponse, translator: StreamTranslator) -> AsyncIterator[bytes]:
+        """Server-sent events from the upstream -> OpenAI chunk payloads."""
+        event: str | None = None
+        data: list[bytes] = []
+        complete = False
+        try:
+            async for line in resp.content:
+                line = line.rstrip(b"\r\n")
+                if line:
+                    if line.startswith(b"data:"):
+                        data.append(line[6:] if line[5:6] == b" " else line[5:])
+                    elif line.startswith(b"event:"):
+                        event = line[6:].strip().decode("utf-8", "replace")
+                    continue  # comments (":"), id: and retry: lines carry nothing for us
+                if data:
+                    for out in translator.feed(event, b"\n".join(data)):
+                        yield out
+                event, data = None, []
+            if data:
+                for out in translator.feed(event, b"\n".join(data)):
+                    yield out
+            if translator.finish_reason is None:
+                raise UpstreamBadResponse(f"provider '{self.name}' ended the stream before it finished")
+            for out in translator.finish():
+                yield out
+            complete = True
+        except GatewayError:
+            raise
+        except TimeoutError:
+            raise UpstreamTimeout(f"provider '{self.name}' stalled mid-stream") from None
+        except aiohttp.ClientError as e:
+            raise UpstreamUnavailable(f"provider '{self.name}' broke the stream ({type(e).__name__})") from None
+        finally:
+            # A finished stream returns its connection to the pool; an abandoned one is closed
+            # so the upstream stops generating (and billing) for a client that left.
+            if complete:
+                resp.release()
+            else:
+                resp.close()
+
+    # -- errors ----------------------------------------------------------------------------
+    def _raise_for(self, status: int, raw: bytes, headers: Any) -> NoReturn:
+        message, param, code = self.dialect.error_message(status, raw)
+        message = redact(message, self.settings.api_key)
+        if status in (401, 403):
+            # The provider refused the gateway's credentials: never the client's fault, and the
+            # provider's text (which may quote the key) is not passed on.
+            raise UpstreamAuthFailed(f"provider '{self.name}' rejected the gateway's credentials")
+        if status == 429:
+            out = {}
+            if retry_after := headers.get("retry-after"):
+                out["retry-after"] = retry_after
+            if retry_after_ms := headers.get("retry-after-ms"):
+                out["retry-after-ms"] = retry_after_ms
+            raise UpstreamRateLimited(f"provider '{self.name}' is rate limiting: {message}", headers=out)
+        if status in _NOT_RETRYABLE:
+            raise UpstreamRejected(message, status=status, param=param, code=code)
+        # 408, 409 and every 5xx (Anthropic's 529 included): the provider's trouble, worth a retry.
+        raise UpstreamError(f"provider '{self.name}' failed with HTTP {status}: {message}")

@@ -1,0 +1,49 @@
+"""The built-in `mock` provider: deterministic answers in process, no network.
+
+It gives a newcomer an answer with no provider key and gives load tests an upstream that costs
+nothing; its answers are the same as `gateway mock-upstream` serves over HTTP.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import orjson
+
+from gateway.mock_upstream import answers
+from gateway.providers.base import ChatResult, ChatStream, EmbeddingsResult, Provider
+from gateway.providers.openai import OpenAIStreamTranslator, usage_from_openai
+
+
+class MockProvider(Provider):
+    async def _pause(self) -> None:
+        if self.settings.mock_latency_ms:
+            await asyncio.sleep(self.settings.mock_latency_ms / 1000)
+
+    async def chat(self, body: dict[str, Any], model: str, *, timeout_s: float) -> ChatResult:
+        await self._pause()
+        data = answers.chat_completion(body, model=model)
+        choice = data["choices"][0] if data.get("choices") else {}
+        return ChatResult(body=orjson.dumps(data), usage=usage_from_openai(data.get("usage")),
+                          served_model=model, finish_reason=choice.get("finish_reason"))
+
+    async def chat_stream(self, body: dict[str, Any], model: str, *, timeout_s: float,
+                          include_usage: bool) -> ChatStream:
+        await self._pause()
+        chunks = answers.chat_chunks(body, model=model, include_usage=True)
+        translator = OpenAIStreamTranslator(include_usage)
+
+        async def relay() -> AsyncIterator[bytes]:
+            for chunk in chunks:
+                for out in translator.feed(None, orjson.dumps(chunk)):
+                    yield out
+
+        return ChatStream(chunks=relay(), translator=translator)
+
+    async def embeddings(self, body: dict[str, Any], model: str, *, timeout_s: float) -> EmbeddingsResult:
+        await self._pause()
+        data = answers.embeddings_response(body, model=model, dims=self.settings.mock_embedding_dims)
+        return EmbeddingsResult(body=orjson.dumps(data), usage=usage_from_openai(data.get("usage")),
+                                served_model=model)

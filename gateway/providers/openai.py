@@ -1,0 +1,128 @@
+"""The OpenAI dialect: OpenAI itself and every OpenAI-compatible server (vLLM, Ollama, Groq, ...).
+
+Requests pass through as the client sent them (only `model` is replaced), and responses are
+relayed byte for byte: the gateway parses a response only to read its usage, and a stream only
+where a chunk carries usage, a finish reason or the served model.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from gateway.errors import UpstreamBadResponse
+from gateway.providers.base import ChatResult, Dialect, EmbeddingsResult, Usage
+from gateway.settings import ProviderSettings
+
+
+def usage_from_openai(obj: Any) -> Usage:
+    if not isinstance(obj, dict):
+        return Usage()
+    details = obj.get("prompt_tokens_details") or {}
+    return Usage(
+        prompt_tokens=int(obj.get("prompt_tokens") or 0),
+        completion_tokens=int(obj.get("completion_tokens") or 0),
+        cached_tokens=int((details.get("cached_tokens") if isinstance(details, dict) else 0) or 0),
+        reported=True,
+    )
+
+
+class OpenAIStreamTranslator:
+    """Relays OpenAI chunks unchanged, looking inside only the few that matter."""
+
+    __slots__ = ("finish_reason", "include_usage", "served_model", "usage")
+
+    def __init__(self, include_usage: bool) -> None:
+        self.include_usage = include_usage
+        self.usage = Usage()
+        self.served_model: str | None = None
+        self.finish_reason: str | None = None
+
+    def feed(self, event: str | None, data: bytes) -> list[bytes]:
+        if data == b"[DONE]" or not data:
+            return []
+        # Substring checks first: most chunks are plain deltas and need no parse at all.
+        has_usage = b'"usage":{' in data or b'"usage": {' in data
+        has_finish = self.finish_reason is None and (b'"finish_reason":"' in data or b'"finish_reason": "' in data)
+        if self.served_model is None or has_usage or has_finish:
+            try:
+                chunk = orjson.loads(data)
+            except orjson.JSONDecodeError:
+                raise UpstreamBadResponse("the provider sent a malformed stream chunk") from None
+            if not isinstance(chunk, dict):
+                raise UpstreamBadResponse("the provider sent a malformed stream chunk")
+            if self.served_model is None:
+                self.served_model = chunk.get("model") or ""
+            if has_usage:
+                self.usage = usage_from_openai(chunk.get("usage"))
+                # The gateway asked for usage on the client's behalf; a client that did not ask
+                # does not get the extra usage-only chunk.
+                if not self.include_usage and not chunk.get("choices"):
+                    return []
+            if has_finish:
+                for choice in chunk.get("choices") or ():
+                    if isinstance(choice, dict) and choice.get("finish_reason"):
+                        self.finish_reason = choice["finish_reason"]
+        return [data]
+
+    def finish(self) -> list[bytes]:
+        return []
+
+
+class OpenAIDialect(Dialect):
+    def chat_url(self, settings: ProviderSettings, model: str) -> str:
+        return f"{(settings.base_url or '').rstrip('/')}/chat/completions"
+
+    def embeddings_url(self, settings: ProviderSettings, model: str) -> str | None:
+        return f"{(settings.base_url or '').rstrip('/')}/embeddings"
+
+    def auth_headers(self, settings: ProviderSettings) -> dict[str, str]:
+        return {"authorization": f"Bearer {settings.api_key}"} if settings.api_key else {}
+
+    def encode_chat(self, body: dict[str, Any], model: str, settings: ProviderSettings) -> dict[str, Any]:
+        out = {**body, "model": model}
+        if body.get("stream") and settings.stream_usage:
+            out["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
+        return out
+
+    def decode_chat(self, raw: bytes, requested_model: str) -> ChatResult:
+        data = _parse_object(raw)
+        choices = data.get("choices")
+        if not isinstance(choices, list):
+            raise UpstreamBadResponse("the provider's answer has no choices")
+        finish = choices[0].get("finish_reason") if choices and isinstance(choices[0], dict) else None
+        return ChatResult(body=raw, usage=usage_from_openai(data.get("usage")),
+                          served_model=data.get("model"), finish_reason=finish)
+
+    def stream_translator(self, requested_model: str, include_usage: bool) -> OpenAIStreamTranslator:
+        return OpenAIStreamTranslator(include_usage)
+
+    def decode_embeddings(self, raw: bytes, requested_model: str) -> EmbeddingsResult:
+        data = _parse_object(raw)
+        if not isinstance(data.get("data"), list):
+            raise UpstreamBadResponse("the provider's embeddings answer has no data")
+        return EmbeddingsResult(body=raw, usage=usage_from_openai(data.get("usage")), served_model=data.get("model"))
+
+    def error_message(self, status: int, raw: bytes) -> tuple[str, str | None, str | None]:
+        try:
+            err = orjson.loads(raw).get("error")
+        except (orjson.JSONDecodeError, AttributeError):
+            err = None
+        if isinstance(err, dict) and isinstance(err.get("message"), str):
+            return err["message"], _opt_str(err.get("param")), _opt_str(err.get("code"))
+        return f"the provider answered HTTP {status}", None, None
+
+
+def _parse_object(raw: bytes) -> dict[str, Any]:
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise UpstreamBadResponse("the provider sent a body that is not JSON") from None
+    if not isinstance(data, dict):
+        raise UpstreamBadResponse("the provider sent an unexpected body")
+    return data
+
+
+def _opt_str(v: Any) -> str | None:
+    return v if isinstance(v, str) else None

@@ -1,0 +1,49 @@
+from __future__ import annotations
+
+import pytest
+
+from gateway.errors import BadRequest, InvalidJSON
+from gateway.http.validation import parse_json_object, validate_chat, validate_embeddings
+
+
+def test_parse_json_object() -> None:
+    assert parse_json_object(b'{"a": 1}') == {"a": 1}
+    for raw in (b"{", b"\xff", b"[" * 2000 + b"]" * 2000):
+        with pytest.raises(InvalidJSON):
+            parse_json_object(raw)
+    for raw in (b"", b"[]", b"1", b"null"):
+        with pytest.raises(BadRequest):
+            parse_json_object(raw)
+
+
+def test_valid_chat_returns_the_route_and_keeps_the_body() -> None:
+    body = {"model": "r", "messages": [{"role": "user", "content": [{"type": "text", "text": "x"}]}],
+            "stream": True, "stream_options": {"include_usage": True}, "weird": object()}
+    assert validate_chat(body) == "r"
+    assert "weird" in body
+
+
+@pytest.mark.parametrize(("patch", "param"), [
+    ({"model": ""}, "model"),
+    ({"messages": [{"role": "user", "content": {"a": 1}}]}, "messages[0].content"),
+    ({"max_completion_tokens": True}, "max_completion_tokens"),
+    ({"presence_penalty": 2.5}, "presence_penalty"),
+    ({"temperature": "hot"}, "temperature"),
+])
+def test_invalid_chat_names_the_param(patch: dict, param: str) -> None:
+    body = {"model": "r", "messages": [{"role": "user", "content": "x"}], **patch}
+    with pytest.raises(BadRequest) as info:
+        validate_chat(body)
+    assert info.value.param == param and info.value.status == 400
+
+
+@pytest.mark.parametrize("inp", ["a", ["a", "b"], [1, 2], [[1], [2, 3]]])
+def test_embeddings_inputs(inp: object) -> None:
+    assert validate_embeddings({"model": "e", "input": inp}) == "e"
+
+
+@pytest.mark.parametrize("inp", [None, [], [[]], ["a", 1], {"a": 1}, [True]])
+def test_bad_embeddings_inputs(inp: object) -> None:
+    with pytest.raises(BadRequest) as info:
+        validate_embeddings({"model": "e", "input": inp})
+    assert info.value.param == "input"

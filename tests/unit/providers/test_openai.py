@@ -1,0 +1,78 @@
+from __future__ import annotations
+
+import orjson
+import pytest
+
+from gateway.errors import UpstreamBadResponse
+from gateway.providers.azure_openai import AzureOpenAIDialect
+from gateway.providers.openai import OpenAIDialect, OpenAIStreamTranslator
+from gateway.settings import ProviderSettings
+
+OPENAI = ProviderSettings.model_validate({"kind": "openai", "base_url": "https://api.example/v1/", "api_key": "sk-x"})
+AZURE = ProviderSettings.model_validate({"kind": "azure-openai", "base_url": "https://az.example",
+                                         "api_key": "k", "api_version": "2024-10-21"})
+
+
+def _chunk(**kw: object) -> bytes:
+    return orjson.dumps({"id": "c", "object": "chat.completion.chunk", "model": "gpt-4o-mini-2024", **kw})
+
+
+def test_openai_request_is_the_clients_with_the_target_model() -> None:
+    d = OpenAIDialect()
+    body = {"model": "route", "messages": [], "seed": 1, "stream": True}
+    out = d.encode_chat(body, "gpt-4o-mini", OPENAI)
+    assert out["model"] == "gpt-4o-mini" and out["seed"] == 1
+    assert out["stream_options"] == {"include_usage": True}
+    assert body["model"] == "route"  # the client's body is not mutated
+    assert d.chat_url(OPENAI, "m") == "https://api.example/v1/chat/completions"
+    assert d.auth_headers(OPENAI) == {"authorization": "Bearer sk-x"}
+
+
+def test_azure_urls_and_headers() -> None:
+    d = AzureOpenAIDialect()
+    assert d.chat_url(AZURE, "my dep") == \
+        "https://az.example/openai/deployments/my%20dep/chat/completions?api-version=2024-10-21"
+    assert d.embeddings_url(AZURE, "e") == "https://az.example/openai/deployments/e/embeddings?api-version=2024-10-21"
+    assert d.auth_headers(AZURE) == {"api-key": "k"}
+    assert "model" not in d.encode_chat({"model": "r", "messages": []}, "dep", AZURE)
+
+
+def test_decode_relays_bytes_and_reads_usage() -> None:
+    raw = orjson.dumps({"id": "x", "model": "m-1", "choices": [{"finish_reason": "stop"}],
+                        "usage": {"prompt_tokens": 5, "completion_tokens": 7,
+                                  "prompt_tokens_details": {"cached_tokens": 2}}})
+    result = OpenAIDialect().decode_chat(raw, "m")
+    assert result.body is raw
+    assert (result.usage.prompt_tokens, result.usage.completion_tokens, result.usage.cached_tokens) == (5, 7, 2)
+    assert result.usage.reported and result.served_model == "m-1" and result.finish_reason == "stop"
+    for bad in (b"nope", b"[]", b'{"id": 1}'):
+        with pytest.raises(UpstreamBadResponse):
+            OpenAIDialect().decode_chat(bad, "m")
+
+
+def test_stream_translator_hides_usage_chunk_unless_asked() -> None:
+    chunks = [
+        _chunk(choices=[{"index": 0, "delta": {"role": "assistant", "content": ""}}], usage=None),
+        _chunk(choices=[{"index": 0, "delta": {"content": "hi"}}], usage=None),
+        _chunk(choices=[{"index": 0, "delta": {}, "finish_reason": "stop"}], usage=None),
+        _chunk(choices=[], usage={"prompt_tokens": 3, "completion_tokens": 1}),
+    ]
+    for include in (False, True):
+        t = OpenAIStreamTranslator(include)
+        out = [p for c in chunks for p in t.feed(None, c)] + t.feed(None, b"[DONE]") + t.finish()
+        assert out == (chunks if include else chunks[:3])
+        assert out[0] is chunks[0]  # relayed as received, never re-serialised
+        assert t.usage.prompt_tokens == 3 and t.usage.completion_tokens == 1 and t.usage.reported
+        assert t.finish_reason == "stop" and t.served_model == "gpt-4o-mini-2024"
+
+
+def test_stream_translator_rejects_garbage() -> None:
+    with pytest.raises(UpstreamBadResponse):
+        OpenAIStreamTranslator(False).feed(None, b"{not json")
+
+
+def test_error_message_parsing() -> None:
+    d = OpenAIDialect()
+    raw = orjson.dumps({"error": {"message": "bad thing", "param": "temperature", "code": "invalid_value"}})
+    assert d.error_message(400, raw) == ("bad thing", "temperature", "invalid_value")
+    assert d.error_message(500, b"<html>oops</html>") == ("the provider answered HTTP 500", None, None)

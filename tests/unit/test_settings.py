@@ -1,0 +1,86 @@
+"""Config loading: interpolation, validation and one-line errors naming the file and key."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from gateway.settings import ConfigError, config_path_from, load_settings
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _write(tmp_path: Path, config: str, tenants: str | None = None) -> Path:
+    (tmp_path / "config").mkdir()
+    path = tmp_path / "config" / "gateway.yaml"
+    path.write_text(config)
+    if tenants is not None:
+        (tmp_path / "policies").mkdir()
+        (tmp_path / "policies" / "tenants.yaml").write_text(tenants)
+    return path
+
+
+def test_shipped_config_loads_with_no_environment() -> None:
+    settings = load_settings(REPO / "config" / "gateway.yaml", env={})
+    assert settings.storage.state == "memory"
+    assert settings.routes["demo"].targets[0].provider == "mock"
+    assert "demo" in settings.tenants
+    assert settings.ledger_url() == "sqlite:///" + str(REPO / ".gateway" / "ledger.db")
+    assert settings.admin_key is None
+
+
+def test_full_example_loads_when_its_secrets_are_set() -> None:
+    env = {"OPENAI_API_KEY": "sk-a", "ANTHROPIC_API_KEY": "sk-b", "AZURE_OPENAI_KEY": "k"}
+    settings = load_settings(REPO / "config" / "examples" / "full.yaml", env=env)
+    assert {p.kind for p in settings.providers.values()} == {"openai", "anthropic", "azure-openai", "mock"}
+    assert settings.providers["openai"].api_key == "sk-a"
+    assert settings.routes["support-bot"].max_tokens == 512
+    assert "sk-a" not in repr(settings)  # secrets stay out of reprs (and so out of tracebacks)
+
+
+def test_full_example_names_the_missing_variable() -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings(REPO / "config" / "examples" / "full.yaml", env={})
+    assert str(info.value).endswith(
+        "full.yaml: providers.openai.api_key: environment variable OPENAI_API_KEY is not set")
+
+
+def test_env_keys_and_admin_key(tmp_path: Path) -> None:
+    path = _write(tmp_path, "routes: {r: {targets: [{provider: m, model: x}]}}\nproviders: {m: {kind: mock}}\n",
+                  'tenants: {acme: {routes: [r], api_keys: ["${ACME_KEY}"]}}\n')
+    settings = load_settings(path, env={"ACME_KEY": "k" * 20, "GATEWAY_ADMIN_KEY": "adm"})
+    (key,) = settings.env_keys
+    assert key.tenant == "acme" and key.source == "env:ACME_KEY" and key.secret == "k" * 20
+    assert settings.admin_key == "adm"
+    assert settings.tenants["acme"].allows("r") and not settings.tenants["acme"].allows("other")
+
+
+@pytest.mark.parametrize(("config", "tenants", "message"), [
+    ("server: {port: 70000}\n", None, "gateway.yaml: server.port: "),
+    ("storage: {state: 'mysql://x'}\n", None, "gateway.yaml: storage.state: must be 'memory' or a redis:// URL"),
+    ("providers: {p: {kind: openai}}\n", None, "gateway.yaml: providers.p: base_url is required"),
+    ("providers: {p: {kind: azure-openai, base_url: 'https://x'}}\n", None, "api_version is required"),
+    ("providers: {p: {kind: cohere, base_url: 'https://x'}}\n", None, "gateway.yaml: providers.p.kind: "),
+    ("routes: {r: {targets: []}}\n", None, "gateway.yaml: routes.r.targets: "),
+    ("routes: {'bad name': {targets: [{provider: m, model: x}]}}\nproviders: {m: {kind: mock}}\n", None,
+     "gateway.yaml: routes.bad name: names may hold"),
+    ("{}\n", "tenants: {acme: {routes: [missing]}}\n", "tenants.yaml: tenants.acme.routes: unknown route 'missing'"),
+    ("{}\n", "tenants: {acme: {api_keys: ['literal-secret-in-a-file']}}\n",
+     "tenants.yaml: tenants.acme.api_keys.0: must name an environment variable"),
+    ("{}\n", "tenants: {acme: {api_keys: ['${SHORT}']}}\n", "tenants.acme.api_keys.0: key shorter than 16"),
+    ("{}\n", "tenants: {acme: {colour: red}}\n", "tenants.yaml: tenants.acme.colour: unknown key"),
+    ("- a list\n", None, "gateway.yaml: top level must be a mapping"),
+])
+def test_mistakes_name_file_and_key(tmp_path: Path, config: str, tenants: str | None, message: str) -> None:
+    path = _write(tmp_path, config, tenants)
+    with pytest.raises(ConfigError) as info:
+        load_settings(path, env={"SHORT": "abc"})
+    text = str(info.value)
+    assert message in text and "\n" not in text
+
+
+def test_config_path_precedence() -> None:
+    assert str(config_path_from("a.yaml", {"GATEWAY_CONFIG": "b.yaml"})) == "a.yaml"
+    assert str(config_path_from(None, {"GATEWAY_CONFIG": "b.yaml"})) == "b.yaml"
+    assert str(config_path_from(None, {})) == "config/gateway.yaml"
