@@ -57,6 +57,10 @@ class EncodingIntegrityError(RuntimeError):
 
 def _load_ranks(name: str, expected_sha256: str) -> dict[bytes, int]:
     blob = resources.files("gateway.limits").joinpath(f"encodings/{name}.tiktoken.gz").read_bytes()
+    return ranks_from_gzip(name, blob, expected_sha256)
+
+
+def ranks_from_gzip(name: str, blob: bytes, expected_sha256: str) -> dict[bytes, int]:
     data = gzip.decompress(blob)
     actual = hashlib.sha256(data).hexdigest()
     if actual != expected_sha256:

@@ -1,0 +1,40 @@
+from __future__ import annotations
+
+import gzip
+import hashlib
+
+import pytest
+
+from gateway.limits import tokens
+
+
+def test_shipped_encodings_load_offline_and_count_like_tiktoken() -> None:
+    enc = tokens.get_encoding("o200k_base")
+    assert enc.encode("hello world") == [24912, 2375]
+    assert tokens.get_encoding("cl100k_base").encode("hello world") == [15339, 1917]
+    assert enc.decode(enc.encode("ünïcode ✓ text")) == "ünïcode ✓ text"
+    assert tokens.count_text("<|endoftext|>") > 1  # special-looking text counts as text
+
+
+def test_model_families() -> None:
+    assert tokens.encoding_name_for_model("gpt-4o-mini") == "o200k_base"
+    assert tokens.encoding_name_for_model("openai/o3-mini") == "o200k_base"
+    assert tokens.encoding_name_for_model("gpt-4-turbo") == "cl100k_base"
+    assert tokens.encoding_name_for_model("gpt-3.5-turbo") == "cl100k_base"
+
+
+def test_message_overhead_matches_openai_accounting() -> None:
+    # OpenAI's cookbook: 3 tokens per message, 3 to prime the reply, 1 per name
+    messages = [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "hi", "name": "bob"}]
+    enc = tokens.get_encoding("o200k_base")
+    expected = 3 + sum(3 + len(enc.encode(m["role"])) + len(enc.encode(m["content"])) for m in messages)
+    expected += 1 + len(enc.encode("bob"))
+    assert tokens.count_messages(messages, "gpt-4o") == expected
+
+
+def test_a_corrupted_file_is_refused() -> None:
+    good = b"aGVsbG8= 0\n"
+    sha = hashlib.sha256(good).hexdigest()
+    assert tokens.ranks_from_gzip("t", gzip.compress(good), sha) == {b"hello": 0}
+    with pytest.raises(tokens.EncodingIntegrityError):
+        tokens.ranks_from_gzip("t", gzip.compress(good + b"d29ybGQ= 1\n"), sha)
