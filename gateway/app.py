@@ -17,7 +17,7 @@ from gateway.errors import GatewayError, InternalError, MethodNotAllowed, NotFou
 from gateway.http import admin, openai_api, ops
 from gateway.http.ingress import CALL_KEY, IngressMiddleware
 from gateway.limits.tokens import preload
-from gateway.observability.logging import LogPipeline, access_logger
+from gateway.observability.logging import LogPipeline
 from gateway.runtime import Gateway
 from gateway.settings import Settings, config_path_from, load_settings
 
@@ -56,6 +56,7 @@ def create_app(settings: Settings, *, configure_logging: bool = True) -> ASGIApp
         logs = LogPipeline(settings.server.log_level, settings.server.log_queue_size) if configure_logging else None
         if logs:
             logs.install()
+            gateway.log_pipeline = logs
         preload()
         await gateway.start()
         app.state.gateway = gateway
@@ -73,11 +74,12 @@ def create_app(settings: Settings, *, configure_logging: bool = True) -> ASGIApp
         Route("/v1/models/{model:path}", openai_api.retrieve_model, methods=["GET"]),
         Route("/healthz", ops.healthz, methods=["GET"]),
         Route("/readyz", ops.readyz, methods=["GET"]),
+        Route("/metrics", ops.metrics, methods=["GET"]),
         *admin.routes(),
     ]
     app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={
         GatewayError: _gateway_error, HTTPException: _http_exception, Exception: _unexpected})
-    return IngressMiddleware(app, max_body_bytes=settings.server.max_body_bytes, access_log=access_logger())
+    return IngressMiddleware(app, gateway)
 
 
 def app_from_env() -> ASGIApp:

@@ -136,8 +136,42 @@ class UpstreamRejected(UpstreamError):
         self.status = status  # type: ignore[misc]  # per instance: 400, 404 or 422 as the provider said
 
 
+class TokenBudgetExceeded(BadRequest):
+    """The prompt alone does not fit in the route's per-request token budget."""
+
+    code = "token_budget_exceeded"
+
+
+class ConcurrencyLimited(RateLimited):
+    """The tenant has as many requests in flight as it may."""
+
+    code = "concurrency_limit_exceeded"
+
+
+class TokenBudgetExhausted(UpstreamError):
+    """Failed attempts spent the request's token budget: another try would not fit."""
+
+    code = "token_budget_exhausted"
+    retryable = False
+
+
+class DeadlineExceeded(UpstreamTimeout):
+    code = "deadline_exceeded"
+    retryable = False
+
+
 class ServiceUnavailable(GatewayError):
     status, type, code = 503, "api_error", "service_unavailable"
+
+
+class NoTargetAvailable(ServiceUnavailable):
+    """Every target of the route is shed: breakers open or bulkheads full."""
+
+    code = "no_target_available"
+
+
+class Overloaded(ServiceUnavailable):
+    code = "gateway_overloaded"
 
 
 class InternalError(GatewayError):

@@ -8,15 +8,20 @@ import logging
 import time
 from dataclasses import dataclass, field
 
-from gateway.observability.logging import access_logger
+from gateway.observability.logging import LogPipeline, access_logger
+from gateway.observability.metrics import Metrics
+from gateway.observability.webhook import WebhookNotifier
 from gateway.pipeline.router import Router
 from gateway.providers.base import Provider
 from gateway.providers.registry import build_providers
+from gateway.resilience.breaker import BreakerConfig, BreakerRegistry, Transition
+from gateway.resilience.bulkhead import Bulkhead, InFlightCaps
 from gateway.settings import Settings
 from gateway.store.keys import KeyCache, KeyRecord, KeyStore, static_key
 from gateway.store.ledger import Ledger
 
 _log = logging.getLogger("gateway")
+_breaker_log = logging.getLogger("gateway.breaker")
 
 
 def env_key_records(settings: Settings) -> dict[str, KeyRecord]:
@@ -24,15 +29,31 @@ def env_key_records(settings: Settings) -> dict[str, KeyRecord]:
     return dict(static_key(k.tenant, k.secret, k.source) for k in settings.env_keys)
 
 
+def _bulkheads(providers: dict[str, Provider]) -> dict[str, Bulkhead]:
+    return {
+        name: Bulkhead(name, p.settings.max_concurrency, max_waiters=p.settings.max_queue,
+                       wait_timeout_s=p.settings.queue_timeout_ms / 1000)
+        for name, p in providers.items()
+    }
+
+
 @dataclass
 class Gateway:
     settings: Settings
     providers: dict[str, Provider]
-    router: Router
     ledger: Ledger
     keys: KeyStore
     key_cache: KeyCache
+    metrics: Metrics
+    notifier: WebhookNotifier
+    breakers: BreakerRegistry
+    bulkheads: dict[str, Bulkhead]
+    router: Router
+    ingress_caps: InFlightCaps
+    admin_caps: InFlightCaps
+    tenant_caps: InFlightCaps
     access_log: logging.Logger = field(default_factory=access_logger)
+    log_pipeline: LogPipeline | None = None
     started_at: int = field(default_factory=lambda: int(time.time()))
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
@@ -41,12 +62,35 @@ class Gateway:
         providers = build_providers(settings.providers)
         ledger = Ledger.from_url(settings.ledger_url())
         keys = KeyStore(ledger)
-        return cls(settings=settings, providers=providers, router=Router(providers), ledger=ledger, keys=keys,
-                   key_cache=KeyCache(keys, static=env_key_records(settings)))
+        metrics = Metrics()
+        notifier = WebhookNotifier(settings.resilience.webhook_url, metrics)
+
+        def on_transition(t: Transition) -> None:
+            fields = {"target": t.target, "from": t.from_state.value, "to": t.to_state.value, "reason": t.reason,
+                      "failure_rate": round(t.failure_rate, 4), "window_total": t.window_total}
+            _breaker_log.warning("breaker %s", t.to_state.value, extra={"fields": fields})
+            metrics.breaker_changed(t.target, t.to_state.value)
+            notifier.notify(f"gateway: circuit breaker for {t.target} is now {t.to_state.value.replace('_', '-')} "
+                            f"({t.reason})", breaker=fields)
+
+        breakers = BreakerRegistry(BreakerConfig(**settings.resilience.breaker.model_dump()),
+                                   on_transition=on_transition)
+        bulkheads = _bulkheads(providers)
+        tenant_caps = InFlightCaps(None, per_key={name: t.max_in_flight for name, t in settings.tenants.items()
+                                                  if t.max_in_flight is not None})
+        return cls(settings=settings, providers=providers, ledger=ledger, keys=keys,
+                   key_cache=KeyCache(keys, static=env_key_records(settings)), metrics=metrics, notifier=notifier,
+                   breakers=breakers, bulkheads=bulkheads, router=Router(providers, breakers, bulkheads),
+                   ingress_caps=InFlightCaps(settings.server.max_in_flight),
+                   admin_caps=InFlightCaps(settings.server.admin_max_in_flight), tenant_caps=tenant_caps)
+
+    def log_dropped(self) -> int:
+        return self.log_pipeline.handler.dropped if self.log_pipeline else 0
 
     async def start(self) -> None:
         for provider in self.providers.values():
             await provider.start()
+        await self.notifier.start()
         try:
             await self.key_cache.refresh()
         except Exception as e:  # the ledger may be down: env keys still work, the loop retries
@@ -61,4 +105,5 @@ class Gateway:
                 await task
         for provider in self.providers.values():
             await provider.aclose()
+        await self.notifier.aclose()
         await self.ledger.aclose()

@@ -44,6 +44,11 @@ class ServerSettings(_Model):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     # Log lines wait in a bounded queue; past it they are counted and dropped, never blocking.
     log_queue_size: int = Field(10_000, gt=0)
+    # Model calls in flight at once; past it a request gets 503 with retry-after at once.
+    max_in_flight: int = Field(1024, gt=0)
+    # Admin and operations traffic has its own small pool, so a flood of model calls cannot lock
+    # an operator out.
+    admin_max_in_flight: int = Field(16, gt=0)
 
 
 class StorageSettings(_Model):
@@ -85,6 +90,11 @@ class ProviderSettings(_Model):
     stream_usage: bool = True
     # Anthropic needs max_tokens; this is used when neither the client nor the route sets it.
     default_max_tokens: int = Field(4096, gt=0)
+    # Bulkhead: calls in flight to this provider at once; a call finding it full waits at most
+    # queue_timeout_ms among at most max_queue waiters, then the target is skipped (failover).
+    max_concurrency: int = Field(256, gt=0)
+    queue_timeout_ms: float = Field(50.0, ge=0)
+    max_queue: int = Field(64, ge=0)
     # Mock provider only: embedding dimensions and an artificial latency.
     mock_latency_ms: float = Field(0.0, ge=0)
     mock_embedding_dims: int = Field(64, gt=0, le=4096)
@@ -103,16 +113,65 @@ class ProviderSettings(_Model):
 class TargetSettings(_Model):
     provider: str
     model: str
+    # Lower priority is tried first; targets of equal priority share load by weight. A target
+    # without one takes its position in the list, so a plain list is a failover order.
+    priority: int = 0
+    weight: float = Field(1.0, gt=0)
+
+    @property
+    def key(self) -> str:
+        return f"{self.provider}/{self.model}"
+
+
+class BackoffSettings(_Model):
+    base_s: float = Field(0.05, ge=0)
+    cap_s: float = Field(2.0, ge=0)
 
 
 class RouteSettings(_Model):
     targets: Annotated[list[TargetSettings], Field(min_length=1)]
     max_tokens: int | None = Field(None, gt=0)
     description: str = ""
+    # Attempts left after the first, across all targets.
+    retries: int = Field(2, ge=0, le=10)
+    # The whole request, every attempt and wait included.
+    deadline_s: float = Field(60.0, gt=0)
+    # Each attempt gets the smaller of this and what is left of the deadline (default: the
+    # provider's timeout_s).
+    attempt_timeout_s: float | None = Field(None, gt=0)
+    # Prompt plus completion tokens over all attempts of one request.
+    token_budget: int | None = Field(None, gt=0)
+    backoff: BackoffSettings = BackoffSettings()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_priorities(cls, data: Any) -> Any:
+        if isinstance(data, dict) and isinstance(data.get("targets"), list):
+            data = {**data, "targets": [
+                {"priority": i, **t} if isinstance(t, dict) else t for i, t in enumerate(data["targets"])]}
+        return data
+
+
+class BreakerSettings(_Model):
+    window_s: float = Field(30.0, gt=0)
+    min_requests: int = Field(10, ge=1)
+    failure_rate: float = Field(0.5, gt=0, le=1)
+    consecutive_failures: int = Field(5, ge=1)
+    cooldown_s: float = Field(15.0, gt=0)
+    half_open_probes: int = Field(2, ge=1)
+    success_threshold: int = Field(3, ge=1)
+
+
+class ResilienceSettings(_Model):
+    breaker: BreakerSettings = BreakerSettings()
+    # Breaker transitions are posted here as Slack-compatible JSON ({"text": ...}).
+    webhook_url: str | None = Field(default=None, repr=False)
 
 
 class TenantSettings(_Model):
     routes: list[str] = Field(default_factory=lambda: ["*"])
+    # Requests of this tenant in flight at once; past it: 429 with retry-after at once.
+    max_in_flight: int | None = Field(None, gt=0)
     api_keys: list[str] = Field(default_factory=list, repr=False)
     description: str = ""
 
@@ -133,6 +192,7 @@ class FileConfig(_Model):
     server: ServerSettings = ServerSettings()
     storage: StorageSettings = StorageSettings()
     paths: PathSettings = PathSettings()
+    resilience: ResilienceSettings = ResilienceSettings()
     providers: dict[str, ProviderSettings] = Field(default_factory=dict)
     routes: dict[str, RouteSettings] = Field(default_factory=dict)
 
@@ -158,6 +218,7 @@ class Settings(_Model):
     base_dir: Path
     server: ServerSettings
     storage: StorageSettings
+    resilience: ResilienceSettings
     providers: dict[str, ProviderSettings]
     routes: dict[str, RouteSettings]
     tenants: dict[str, TenantSettings]
@@ -278,6 +339,7 @@ def load_settings(config_path: Path | str, env: Mapping[str, str] | None = None)
         base_dir=base_dir,
         server=cfg.server,
         storage=cfg.storage,
+        resilience=cfg.resilience,
         providers=cfg.providers,
         routes=cfg.routes,
         tenants=tenants,

@@ -71,8 +71,24 @@ async def revoke_key(request: Request) -> Response:
     return _json(_key_json(record))
 
 
+async def list_breakers(request: Request) -> Response:
+    gw = _admin(request)
+    return _json({"object": "list", "data": gw.breakers.snapshot(),
+                  "bulkheads": [b.snapshot() for b in gw.bulkheads.values()]})
+
+
+async def reset_breaker(request: Request) -> Response:
+    gw = _admin(request)
+    target = request.path_params["target"]
+    if not gw.breakers.reset(target):
+        raise NotFound(f"No breaker for target '{target}' (targets are named provider/model).")
+    return _json(gw.breakers.get(target).snapshot())
+
+
 def routes() -> list[Route]:
     return [
+        Route("/admin/breakers", list_breakers, methods=["GET"]),
+        Route("/admin/breakers/{target:path}/reset", reset_breaker, methods=["POST"]),
         Route("/admin/keys", list_keys, methods=["GET"]),
         Route("/admin/keys", create_key, methods=["POST"]),
         Route("/admin/keys/{key_id}", revoke_key, methods=["DELETE"]),

@@ -14,8 +14,11 @@ import re
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from gateway.errors import GatewayError, InternalError, PayloadTooLarge, error_response_parts
+from gateway.errors import GatewayError, InternalError, Overloaded, PayloadTooLarge, error_response_parts
 from gateway.pipeline.context import Call
+from gateway.pipeline.record import record_call
+from gateway.resilience.backoff import retry_after_headers
+from gateway.runtime import Gateway
 
 _REQUEST_ID = re.compile(rb"^[A-Za-z0-9._:\-]{1,128}$")
 _QUIET_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
@@ -45,11 +48,15 @@ def _content_length(headers: list[tuple[bytes, bytes]]) -> int | None:
     return None
 
 
+def _is_operations(path: str) -> bool:
+    return path.startswith("/admin") or path in _QUIET_PATHS or path == "/dashboard"
+
+
 class IngressMiddleware:
-    def __init__(self, app: ASGIApp, *, max_body_bytes: int, access_log: logging.Logger) -> None:
+    def __init__(self, app: ASGIApp, gateway: Gateway) -> None:
         self.app = app
-        self.max_body_bytes = max_body_bytes
-        self.access_log = access_log
+        self.gateway = gateway
+        self.max_body_bytes = gateway.settings.server.max_body_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -71,7 +78,14 @@ class IngressMiddleware:
             await send(message)
 
         watch = _DisconnectWatch(receive, self.max_body_bytes)
+        # Operations traffic has its own pool: a flood of model calls must not lock out operators.
+        caps = self.gateway.admin_caps if _is_operations(scope["path"]) else self.gateway.ingress_caps
+        admitted = caps.try_enter() == "ok"
         try:
+            if not admitted:
+                self.gateway.metrics.rejected.labels("gateway_in_flight").inc()
+                await _drain(receive, limit=self.max_body_bytes)
+                raise Overloaded("The gateway is at capacity; retry shortly.", headers=retry_after_headers(0.25))
             length = _content_length(headers)
             if length is not None and length > self.max_body_bytes:
                 await _drain(receive, limit=16 * self.max_body_bytes)
@@ -92,8 +106,11 @@ class IngressMiddleware:
             await self._error(InternalError("The gateway failed to process the request."), call, started, send)
         finally:
             watch.stop()
-            if scope["path"] not in _QUIET_PATHS:
-                self.access_log.info("request", extra={"fields": call.log_record()})
+            if admitted:
+                caps.leave()
+            for release in call.deferred:
+                release()
+            record_call(call, self.gateway.metrics, self.gateway.access_log, quiet=scope["path"] in _QUIET_PATHS)
 
     async def _error(self, exc: GatewayError, call: Call, started: bool, send: Send) -> None:
         call.error_type, call.error_code = type(exc).__name__, exc.error_code

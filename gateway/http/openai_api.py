@@ -10,7 +10,7 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
-from gateway.errors import GatewayError, InternalError
+from gateway.errors import ConcurrencyLimited, GatewayError, InternalError
 from gateway.http.ingress import CALL_KEY
 from gateway.http.sse import SSEResponse
 from gateway.http.validation import parse_json_object, validate_chat, validate_embeddings
@@ -19,6 +19,7 @@ from gateway.pipeline.auth import authenticate
 from gateway.pipeline.context import Call
 from gateway.pipeline.policy import allowed_routes, apply_route_caps, resolve_route
 from gateway.providers.base import ChatStream, Usage
+from gateway.resilience.backoff import retry_after_headers
 from gateway.runtime import Gateway
 
 _log = logging.getLogger("gateway.stream")
@@ -46,7 +47,7 @@ def _route_headers(call: Call) -> list[tuple[bytes, bytes]]:
     return [
         (b"x-gateway-route", (call.route or "").encode()),
         (b"x-gateway-provider", (call.provider or "").encode()),
-        (b"x-gateway-attempts", str(len(call.attempts)).encode()),
+        (b"x-gateway-attempts", str(call.attempt_count).encode()),
     ]
 
 
@@ -55,11 +56,21 @@ async def _begin(request: Request, kind: str) -> tuple[Gateway, Call, dict[str, 
     gw, call = _gateway(request), _call(request)
     call.kind = kind
     await authenticate(request.headers, gw.key_cache, call)
+    _admit_tenant(gw, call)
     feature = request.headers.get("x-gateway-feature")
     if feature:
         call.feature = feature[:128]
     body = parse_json_object(await request.body())
     return gw, call, body
+
+
+def _admit_tenant(gw: Gateway, call: Call) -> None:
+    tenant = call.tenant
+    if gw.tenant_caps.try_enter(tenant) != "ok":
+        gw.metrics.rejected.labels("tenant_in_flight").inc()
+        raise ConcurrencyLimited(f"Tenant '{tenant}' has too many requests in flight; retry shortly.",
+                                 headers=retry_after_headers(0.25))
+    call.deferred.append(lambda: gw.tenant_caps.leave(tenant))
 
 
 async def chat_completions(request: Request) -> Response | SSEResponse:

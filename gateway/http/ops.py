@@ -6,9 +6,17 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
+from gateway.observability.metrics import CONTENT_TYPE
+
 
 async def healthz(request: Request) -> Response:
     return Response(b'{"status":"ok"}', media_type="application/json")
+
+
+async def metrics(request: Request) -> Response:
+    gw = request.app.state.gateway
+    gw.metrics.log_dropped.set(gw.log_dropped())
+    return Response(gw.metrics.render(), media_type=CONTENT_TYPE)
 
 
 async def readyz(request: Request) -> Response:

@@ -6,6 +6,7 @@ fault was injected, what status went back) and to change the faults without a re
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import time
 from collections import deque
@@ -63,6 +64,8 @@ class MockState:
     dims: int = 64
     api_key: str | None = field(default=None, repr=False)
     log: RequestLog = field(default_factory=lambda: RequestLog(10_000))
+    # Set when the server starts shutting down, so hung requests let go at once.
+    closing: asyncio.Event = field(default_factory=asyncio.Event)
 
     def set_faults(self, config: FaultConfig) -> None:
         # A new injector restarts the seeded sequence, so a drill can be replayed from here.

@@ -29,13 +29,7 @@ from gateway.mock_upstream.answers import (
 from gateway.mock_upstream.control import MockState, RequestLog
 from gateway.mock_upstream.faults import DirectiveError, Fault, FaultConfig, FaultInjector
 from gateway.mock_upstream.shapes import Api, error_response, mask_key
-from gateway.mock_upstream.transport import (
-    HANG_S,
-    EventStreamResponse,
-    GoneResponse,
-    ResetResponse,
-    wait_disconnect,
-)
+from gateway.mock_upstream.transport import EventStreamResponse, GoneResponse, ResetResponse, hang
 
 Kind = Literal["chat", "embeddings", "messages"]
 MODELS = ("gpt-4o", "gpt-4o-mini", "text-embedding-3-small", "claude-sonnet-4-5", "claude-haiku-4-5")
@@ -54,12 +48,16 @@ class _Problem(Exception):
         self.status, self.message, self.param, self.code = status, message, param, code
 
 
+def _bearer(headers: Mapping[str, str]) -> str:
+    auth = headers.get("authorization", "")
+    return auth[7:].strip() if auth[:7].lower() == "bearer " else ""
+
+
 def _check_key(api: Api, headers: Mapping[str, str], key: str | None) -> None:
     if key is None:
         return
     if api == "openai":
-        auth = headers.get("authorization", "")
-        given = auth[7:].strip() if auth[:7].lower() == "bearer " else ""
+        given = _bearer(headers)
         if not given:
             raise _Problem(401, "You didn't provide an API key. You need to provide your API key in an "
                                 "Authorization header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY).")
@@ -72,7 +70,8 @@ def _check_key(api: Api, headers: Mapping[str, str], key: str | None) -> None:
                                 "to provide a valid key for an active subscription and use a correct regional "
                                 "API endpoint for your resource.", code="401")
     else:
-        sent = headers.get("x-api-key", "")
+        # Recent Anthropic SDKs send the key as a bearer token; the API takes both.
+        sent = headers.get("x-api-key", "") or _bearer(headers)
         if not sent:
             raise _Problem(401, "x-api-key header is required")
         if not hmac.compare_digest(sent.encode(), key.encode()):
@@ -169,7 +168,7 @@ async def _handle(request: Request, state: MockState, entry: dict[str, Any], api
     if fault.kind == "reset":
         return ResetResponse()
     if fault.kind == "hang":
-        if await wait_disconnect(request.receive, HANG_S):
+        if await hang(request.receive, state.closing):
             return GoneResponse()
         raise _Problem(504, "mock: hang ended without the client giving up")
     if fault.kind == "status" and fault.status is not None:

@@ -58,6 +58,32 @@ async def _close(receive: Receive, *, reset: bool) -> None:
     await wait_disconnect(receive, 1.0)
 
 
+async def hang(receive: Receive, closing: asyncio.Event) -> bool:
+    """Hold a request until the client gives up (True) or HANG_S passes (False).
+
+    When the server shuts down (`closing` is set) the connection is reset: a provider that goes
+    away drops its connections, and a hang must not hold the process up.
+    """
+    gone = asyncio.ensure_future(wait_disconnect(receive, HANG_S))
+    stop = asyncio.ensure_future(closing.wait())
+    try:
+        await asyncio.wait({gone, stop}, return_when=asyncio.FIRST_COMPLETED)
+    except asyncio.CancelledError:
+        # Cancelled by a server that gave no warning: drop the connection rather than let the
+        # server answer the hung request with a 500.
+        transport = _transport(receive)
+        if transport is not None:
+            transport.abort()
+        raise
+    finally:
+        gone.cancel()
+        stop.cancel()
+    if gone.done() and not gone.cancelled():
+        return gone.result()
+    await _close(receive, reset=True)
+    return True
+
+
 class ResetResponse(Response):
     """Closes the connection with a TCP reset and sends nothing at all."""
 
@@ -100,11 +126,14 @@ class EventStreamResponse(Response):
         if self.cut_after is None and not self.delay_s:
             await send({"type": "http.response.body", "body": b"".join(self.events) + self.tail})
             return
+        transport = _transport(receive)
         for i, event in enumerate(self.events):
             if self.cut_after is not None and i >= self.cut_after:
                 break
             if self.delay_s and i:
                 await asyncio.sleep(self.delay_s)
+                if transport is not None and transport.is_closing():
+                    return  # the client left; uvicorn would drop the rest silently anyway
             await send({"type": "http.response.body", "body": event, "more_body": True})
         if self.cut_after is not None:
             await _close(receive, reset=False)

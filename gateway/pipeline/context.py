@@ -7,6 +7,7 @@ end the Call becomes the log line (and, with the ledger, the envelope).
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,6 +21,19 @@ class Attempt:
     status: int = 0
     error: str | None = None  # the error class name when the attempt failed
     latency_ms: float = 0.0
+    tokens: int = 0  # prompt + completion tokens this attempt consumed (or is assumed to have)
+    # Skipped without a network call: the target's breaker was open or its bulkhead full.
+    skipped: bool = False
+    waited_ms: float = 0.0  # backoff or retry-after wait before this attempt
+
+    def as_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"provider": self.provider, "model": self.model, "status": self.status,
+                               "error": self.error, "latency_ms": round(self.latency_ms, 3), "tokens": self.tokens}
+        if self.skipped:
+            out["skipped"] = True
+        if self.waited_ms:
+            out["waited_ms"] = round(self.waited_ms, 3)
+        return out
 
 
 @dataclass(slots=True)
@@ -46,6 +60,12 @@ class Call:
     error_code: str | None = None
     ttft_ms: float | None = None
     client_disconnected: bool = False
+    # Run by the ingress when the request is over (streams included): releases what stages took.
+    deferred: list[Callable[[], None]] = field(default_factory=list)
+
+    @property
+    def attempt_count(self) -> int:
+        return sum(1 for a in self.attempts if not a.skipped)
 
     def elapsed_ms(self) -> float:
         return (time.perf_counter() - self.started) * 1000
@@ -75,11 +95,7 @@ class Call:
         if self.ttft_ms is not None:
             rec["ttft_ms"] = round(self.ttft_ms, 3)
         if self.attempts:
-            rec["attempts"] = [
-                {"provider": a.provider, "model": a.model, "status": a.status, "error": a.error,
-                 "latency_ms": round(a.latency_ms, 3)}
-                for a in self.attempts
-            ]
+            rec["attempts"] = [a.as_dict() for a in self.attempts]
         if self.error_type:
             rec["error"] = {"type": self.error_type, "code": self.error_code}
         if self.client_disconnected:

@@ -1,68 +1,281 @@
-"""router: try a route's targets in order until one answers.
+"""router: a route's targets, tried until one answers, within the request's budgets.
 
-Failover is a plain loop: an error the provider may not repeat (timeout, unreachable, 429,
-5xx, refused credentials) moves on to the next target; an error about the request itself
-(400/404/422 from upstream) answers at once, since every target would say the same.
-Every attempt is written on the Call.
+Failover is a plain loop. Each request carries budgets that decrement across attempts: the
+attempts left (`retries` after the first), the deadline (each attempt gets the smaller of
+`attempt_timeout_s` and what is left), and optionally a token budget (what failed attempts
+consumed is spent; each new attempt's `max_tokens` is lowered to what is left).
+
+What happens after a failure depends on what failed:
+- the request itself (an upstream 400/404/422): answer at once, every target would agree;
+- the gateway's credentials (401/403): never that target again for this request; next target;
+- a rate limit (429): that target is not tried again before its `retry-after`, if that fits
+  in the deadline; meanwhile (or otherwise) the next target is tried at once;
+- anything else retryable (connect error, timeout, 408, 409, 5xx): next target at once; a
+  target tried before waits a full-jitter exponential backoff first.
+A target whose breaker is open, or whose bulkhead is full, is skipped without a network call.
+Every attempt, and every skip, is written on the Call.
 """
 
 from __future__ import annotations
 
+import asyncio
+import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
-from gateway.errors import UpstreamError
+from gateway.errors import (
+    DeadlineExceeded,
+    GatewayError,
+    NoTargetAvailable,
+    TokenBudgetExceeded,
+    TokenBudgetExhausted,
+    UpstreamAuthFailed,
+    UpstreamError,
+    UpstreamRateLimited,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+)
+from gateway.limits.tokens import count_messages
 from gateway.pipeline.context import Attempt, Call
-from gateway.providers.base import ChatResult, ChatStream, EmbeddingsResult, Provider
+from gateway.providers.base import ChatResult, ChatStream, EmbeddingsResult, Provider, Usage
+from gateway.resilience.backoff import full_jitter, parse_retry_after, retry_after_headers
+from gateway.resilience.breaker import BreakerRegistry, Permit
+from gateway.resilience.bulkhead import Bulkhead
 from gateway.settings import RouteSettings, TargetSettings
 
 T = TypeVar("T")
+AttemptFn = Callable[[Provider, TargetSettings, float, dict[str, Any]], Awaitable[tuple[T, Usage | None]]]
+
+# An attempt needs at least this much of the deadline to be worth starting.
+_MIN_ATTEMPT_S = 0.05
+
+
+def plan(targets: list[TargetSettings], rng: random.Random) -> list[TargetSettings]:
+    """Targets by priority; equal priorities in a weighted random order (Efraimidis-Spirakis)."""
+    if len(targets) == 1:
+        return targets
+    return sorted(targets, key=lambda t: (t.priority, -(rng.random() ** (1.0 / t.weight))))
+
+
+@dataclass(slots=True)
+class _TokenBudget:
+    """The request's token budget: what is left decides each attempt's max_tokens."""
+
+    total: int
+    prompt: int
+    spent: int = 0
+
+    def attempt_body(self, body: dict[str, Any], attempts_made: int) -> dict[str, Any]:
+        room = self.total - self.spent - self.prompt
+        if room < 1:
+            if attempts_made == 0:
+                raise TokenBudgetExceeded(
+                    f"The prompt ({self.prompt} tokens) does not fit in this route's token budget of {self.total}.",
+                    param="messages")
+            raise TokenBudgetExhausted(
+                f"The request's token budget of {self.total} is spent ({self.spent} tokens over {attempts_made} "
+                "failed attempts); another attempt would not fit.")
+        field_name = "max_completion_tokens" if "max_completion_tokens" in body else "max_tokens"
+        asked = body.get(field_name)
+        if asked is not None and asked <= room:
+            return body
+        return {**body, field_name: room}
+
+
+@dataclass(slots=True)
+class _State:
+    """One request's progress through the loop."""
+
+    deadline: float
+    attempts_left: int
+    not_before: dict[str, float] = field(default_factory=dict)
+    excluded: set[str] = field(default_factory=set)
+    tries: dict[str, int] = field(default_factory=dict)
+    skipped: set[str] = field(default_factory=set)
+    last_error: GatewayError | None = None
+    position: int = 0
 
 
 class Router:
-    def __init__(self, providers: dict[str, Provider]) -> None:
+    def __init__(self, providers: dict[str, Provider], breakers: BreakerRegistry, bulkheads: dict[str, Bulkhead],
+                 rng: random.Random | None = None, clock: Callable[[], float] = time.perf_counter) -> None:
         self.providers = providers
+        self.breakers = breakers
+        self.bulkheads = bulkheads
+        self.rng = rng or random.Random()
+        self.clock = clock
 
-    async def _each_target(
-        self, call: Call, route: RouteSettings,
-        attempt: Callable[[Provider, TargetSettings], Awaitable[T]],
-    ) -> T:
-        last: UpstreamError | None = None
-        for target in route.targets:
-            provider = self.providers[target.provider]
-            record = Attempt(provider=target.provider, model=target.model)
-            call.attempts.append(record)
-            started = time.perf_counter()
-            try:
-                result = await attempt(provider, target)
-            except UpstreamError as e:
-                record.status, record.error = e.status, type(e).__name__
-                record.latency_ms = (time.perf_counter() - started) * 1000
-                if not e.retryable:
-                    raise
-                last = e
-                continue
-            record.status = 200
-            record.latency_ms = (time.perf_counter() - started) * 1000
-            call.provider = target.provider
-            return result
-        assert last is not None  # a route has at least one target
-        raise last
-
-    def _timeout(self, provider: Provider) -> float:
-        return provider.settings.timeout_s
-
+    # -- the three kinds of call -------------------------------------------------------------
     async def chat(self, call: Call, route: RouteSettings, body: dict[str, Any]) -> ChatResult:
-        return await self._each_target(
-            call, route, lambda p, t: p.chat(body, t.model, timeout_s=self._timeout(p)))
+        async def attempt(p: Provider, t: TargetSettings, limit_s: float,
+                          b: dict[str, Any]) -> tuple[ChatResult, Usage | None]:
+            result = await p.chat(b, t.model, timeout_s=limit_s)
+            return result, result.usage
+
+        return await self._run(call, route, body, attempt, count_prompt=True)
 
     async def chat_stream(self, call: Call, route: RouteSettings, body: dict[str, Any],
                           include_usage: bool) -> ChatStream:
-        return await self._each_target(
-            call, route,
-            lambda p, t: p.chat_stream(body, t.model, timeout_s=self._timeout(p), include_usage=include_usage))
+        async def attempt(p: Provider, t: TargetSettings, limit_s: float,
+                          b: dict[str, Any]) -> tuple[ChatStream, Usage | None]:
+            # The stream counts as answered only once its first chunk is here: until a byte
+            # has reached the client, a failure can still go to another target.
+            async with asyncio.timeout(limit_s):
+                stream = await p.chat_stream(b, t.model, timeout_s=limit_s, include_usage=include_usage)
+                try:
+                    first = await anext(stream.chunks, None)
+                except BaseException:
+                    await stream.aclose()
+                    raise
+            return _prepend(stream, first), None
+
+        return await self._run(call, route, body, attempt, count_prompt=True)
 
     async def embeddings(self, call: Call, route: RouteSettings, body: dict[str, Any]) -> EmbeddingsResult:
-        return await self._each_target(
-            call, route, lambda p, t: p.embeddings(body, t.model, timeout_s=self._timeout(p)))
+        async def attempt(p: Provider, t: TargetSettings, limit_s: float,
+                          b: dict[str, Any]) -> tuple[EmbeddingsResult, Usage | None]:
+            result = await p.embeddings(b, t.model, timeout_s=limit_s)
+            return result, result.usage
+
+        return await self._run(call, route, body, attempt, count_prompt=False)
+
+    # -- the loop ----------------------------------------------------------------------------
+    async def _run(self, call: Call, route: RouteSettings, body: dict[str, Any], attempt: AttemptFn[T],
+                   *, count_prompt: bool) -> T:
+        order = plan(route.targets, self.rng)
+        state = _State(deadline=call.started + route.deadline_s, attempts_left=1 + route.retries)
+        budget = None
+        if route.token_budget is not None and count_prompt:
+            budget = _TokenBudget(total=route.token_budget,
+                                  prompt=count_messages(body.get("messages") or (), order[0].model))
+        while state.attempts_left > 0:
+            attempt_body = body if budget is None else budget.attempt_body(body, call.attempt_count)
+            picked = await self._pick(call, order, state)
+            if picked is None:
+                break
+            target, permit, waited = picked
+            provider = self.providers[target.provider]
+            bulkhead = self.bulkheads[target.provider]
+            if not await bulkhead.acquire():
+                permit.release()
+                state.excluded.add(target.key)
+                call.attempts.append(Attempt(target.provider, target.model, error="BulkheadFull", skipped=True))
+                continue
+            record = Attempt(target.provider, target.model, waited_ms=waited * 1000)
+            call.attempts.append(record)
+            state.attempts_left -= 1
+            state.tries[target.key] = state.tries.get(target.key, 0) + 1
+            started = self.clock()
+            timeout = max(_MIN_ATTEMPT_S, min(route.attempt_timeout_s or provider.settings.timeout_s,
+                                               state.deadline - started))
+            try:
+                result, usage = await attempt(provider, target, timeout, attempt_body)
+            except TimeoutError:
+                # The stream's first chunk did not come in time (see chat_stream).
+                self._failed(state, route, target, permit, record, UpstreamTimeout(
+                    f"provider '{target.provider}' sent no first chunk within {timeout:g}s"), started, budget)
+                continue
+            except UpstreamError as e:
+                self._failed(state, route, target, permit, record, e, started, budget)
+                if not e.retryable:
+                    raise
+                continue
+            except BaseException:
+                permit.release()  # cancelled (the client left) or a gateway bug: no verdict on the target
+                record.error = "Cancelled"
+                record.latency_ms = (self.clock() - started) * 1000
+                raise
+            finally:
+                bulkhead.release()
+            permit.success()
+            record.status = 200
+            record.latency_ms = (self.clock() - started) * 1000
+            if usage is not None:
+                record.tokens = usage.total_tokens
+            call.provider = target.provider
+            return result
+        raise self._exhausted(call, route, state)
+
+    async def _pick(self, call: Call, order: list[TargetSettings],
+                    state: _State) -> tuple[TargetSettings, Permit, float] | None:
+        """The next target to try (waiting out a backoff if that is all there is), or None."""
+        waited = 0.0
+        while True:
+            now = self.clock()
+            if state.deadline - now < _MIN_ATTEMPT_S:
+                return None
+            earliest: float | None = None
+            n = len(order)
+            for k in range(n):
+                target = order[(state.position + k) % n]
+                if target.key in state.excluded:
+                    continue
+                ready_at = state.not_before.get(target.key, 0.0)
+                if ready_at > now:
+                    earliest = ready_at if earliest is None else min(earliest, ready_at)
+                    continue
+                permit = self.breakers.get(target.key).try_acquire()
+                if permit is None:
+                    if target.key not in state.skipped:
+                        state.skipped.add(target.key)
+                        call.attempts.append(Attempt(target.provider, target.model, error="BreakerOpen",
+                                                     skipped=True))
+                    continue
+                state.position = (state.position + k + 1) % n
+                return target, permit, waited
+            if earliest is None or earliest > state.deadline - _MIN_ATTEMPT_S:
+                return None
+            await asyncio.sleep(earliest - now)
+            waited += earliest - now
+
+    def _failed(self, state: _State, route: RouteSettings, target: TargetSettings, permit: Permit,
+                record: Attempt, error: UpstreamError, started: float, budget: _TokenBudget | None) -> None:
+        now = self.clock()
+        record.status, record.error = error.status, type(error).__name__
+        record.latency_ms = (now - started) * 1000
+        state.last_error = error
+        if budget is not None and not isinstance(error, UpstreamUnavailable):
+            # The provider had the prompt: assume it was processed (billed) even though it failed.
+            record.tokens = budget.prompt
+            budget.spent += budget.prompt
+        if not error.retryable:
+            permit.release()  # the request was at fault, not the target
+        elif isinstance(error, UpstreamRateLimited):
+            permit.release()  # throttled is not unhealthy
+            delay = parse_retry_after(error.headers)
+            if delay is None:
+                delay = full_jitter(state.tries[target.key] - 1, route.backoff.base_s, route.backoff.cap_s, self.rng)
+            state.not_before[target.key] = now + delay  # past the deadline: effectively fail over at once
+        elif isinstance(error, UpstreamAuthFailed):
+            permit.failure()
+            state.excluded.add(target.key)
+        else:
+            permit.failure()
+            state.not_before[target.key] = now + full_jitter(
+                state.tries[target.key] - 1, route.backoff.base_s, route.backoff.cap_s, self.rng)
+
+    def _exhausted(self, call: Call, route: RouteSettings, state: _State) -> GatewayError:
+        if call.attempt_count == 0:
+            return NoTargetAvailable(
+                "No target of this route can take the request now (circuit breakers open or providers at "
+                "capacity); retry shortly.", headers=retry_after_headers(1.0))
+        if state.last_error is not None and state.attempts_left == 0:
+            return state.last_error
+        if self.clock() >= state.deadline - _MIN_ATTEMPT_S:
+            return DeadlineExceeded(
+                f"The route's deadline of {route.deadline_s:g}s passed after {call.attempt_count} attempt(s); "
+                f"last error: {state.last_error.message if state.last_error else 'none'}")
+        assert state.last_error is not None
+        return state.last_error
+
+
+def _prepend(stream: ChatStream, first: bytes | None) -> ChatStream:
+    async def chunks() -> AsyncGenerator[bytes, None]:
+        if first is not None:
+            yield first
+        async for chunk in stream.chunks:
+            yield chunk
+
+    return ChatStream(chunks=chunks(), translator=stream.translator, close=stream.aclose)

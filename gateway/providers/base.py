@@ -9,7 +9,7 @@ pooled HTTP client. An OpenAI-compatible provider is the identity dialect plus a
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -109,7 +109,7 @@ class Dialect(ABC):
 class ChatStream:
     """An upstream stream that has answered 2xx; iterate it for `data:` payloads in OpenAI's shape."""
 
-    chunks: AsyncIterator[bytes]
+    chunks: AsyncGenerator[bytes, None]
     translator: StreamTranslator
     close: Any = field(default=None)  # async callable releasing the upstream connection
 
@@ -118,6 +118,7 @@ class ChatStream:
         return self.translator.usage
 
     async def aclose(self) -> None:
+        await self.chunks.aclose()
         if self.close is not None:
             await self.close()
 

@@ -8,7 +8,7 @@ Low-level failures are mapped to the public error tree here and only here.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any, NoReturn
 
 import aiohttp
@@ -116,7 +116,7 @@ class HttpProvider(Provider):
 
         return ChatStream(chunks=self._relay(resp, translator), translator=translator, close=close)
 
-    async def _relay(self, resp: aiohttp.ClientResponse, translator: StreamTranslator) -> AsyncIterator[bytes]:
+    async def _relay(self, resp: aiohttp.ClientResponse, translator: StreamTranslator) -> AsyncGenerator[bytes, None]:
         """Server-sent events from the upstream -> OpenAI chunk payloads."""
         event: str | None = None
         data: list[bytes] = []

@@ -7,11 +7,12 @@ nothing; its answers are the same as `gateway mock-upstream` serves over HTTP.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 
 import orjson
 
+from gateway.errors import UpstreamRejected
 from gateway.mock_upstream import answers
 from gateway.providers.base import ChatResult, ChatStream, EmbeddingsResult, Provider
 from gateway.providers.openai import OpenAIStreamTranslator, usage_from_openai
@@ -35,7 +36,7 @@ class MockProvider(Provider):
         chunks = answers.chat_chunks(body, model=model, include_usage=True)
         translator = OpenAIStreamTranslator(include_usage)
 
-        async def relay() -> AsyncIterator[bytes]:
+        async def relay() -> AsyncGenerator[bytes, None]:
             for chunk in chunks:
                 for out in translator.feed(None, orjson.dumps(chunk)):
                     yield out
@@ -44,6 +45,9 @@ class MockProvider(Provider):
 
     async def embeddings(self, body: dict[str, Any], model: str, *, timeout_s: float) -> EmbeddingsResult:
         await self._pause()
-        data = answers.embeddings_response(body, model=model, dims=self.settings.mock_embedding_dims)
+        try:
+            data = answers.embeddings_response(body, model=model, dims=self.settings.mock_embedding_dims)
+        except ValueError as e:
+            raise UpstreamRejected(str(e), param="input") from None
         return EmbeddingsResult(body=orjson.dumps(data), usage=usage_from_openai(data.get("usage")),
                                 served_model=model)

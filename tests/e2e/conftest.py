@@ -44,7 +44,8 @@ def gateway(tmp_path_factory: pytest.TempPathFactory, upstream: RunningProcess,
         "dead": {"kind": "openai", "base_url": f"http://127.0.0.1:{free_port()}/v1", "timeout_s": 2},
     }
     routes: dict[str, Any] = {
-        "chat": {"targets": [{"provider": "up", "model": "gpt-4o-mini"}]},
+        # one attempt: these tests look at how each upstream error reaches the client
+        "chat": {"targets": [{"provider": "up", "model": "gpt-4o-mini"}], "retries": 0},
         "claude": {"targets": [{"provider": "claude", "model": "claude-3-5-haiku-latest"}]},
         "azure": {"targets": [{"provider": "azure", "model": "my-deployment"}]},
         "demo": {"targets": [{"provider": "mock", "model": "mock-1"}]},
@@ -57,7 +58,9 @@ def gateway(tmp_path_factory: pytest.TempPathFactory, upstream: RunningProcess,
     }
     tenants = {"acme": {"routes": ["*"]}, "limited": {"routes": ["demo"]}}
     gw = start_gateway(tmp_path_factory.mktemp("gw"), providers=providers, routes=routes, tenants=tenants,
-                       server={"max_body_bytes": 65536}, env={"UPSTREAM_KEY": UPSTREAM_KEY})
+                       server={"max_body_bytes": 65536}, env={"UPSTREAM_KEY": UPSTREAM_KEY},
+                       # these tests provoke upstream errors on purpose: keep breakers out of their way
+                       extra={"resilience": {"breaker": {"consecutive_failures": 10_000, "min_requests": 10_000}}})
     yield gw
     gw.stop()
 

@@ -85,6 +85,7 @@ def write_config(
     tenants: dict[str, Any],
     server: dict[str, Any] | None = None,
     storage: dict[str, Any] | None = None,
+    extra: dict[str, Any] | None = None,
 ) -> Path:
     (root / "config").mkdir(parents=True, exist_ok=True)
     (root / "policies").mkdir(parents=True, exist_ok=True)
@@ -94,6 +95,7 @@ def write_config(
         "paths": {"policies": "../policies"},
         "providers": providers,
         "routes": routes,
+        **(extra or {}),
     }
     path = root / "config" / "gateway.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
@@ -111,6 +113,7 @@ def start_gateway(
     storage: dict[str, Any] | None = None,
     env: dict[str, str] | None = None,
     args: list[str] | None = None,
+    extra: dict[str, Any] | None = None,
 ) -> GatewayInstance:
     """Tenants get one environment key each (TENANT_<NAME>_KEY) unless they declare api_keys."""
     tenant_keys: dict[str, str] = {}
@@ -124,7 +127,8 @@ def start_gateway(
             spec["api_keys"] = [f"${{{var}}}"]
         declared[name] = spec
     admin_key = run_env.setdefault("GATEWAY_ADMIN_KEY", "admin-" + secrets.token_urlsafe(24))
-    path = write_config(root, providers=providers, routes=routes, tenants=declared, server=server, storage=storage)
+    path = write_config(root, providers=providers, routes=routes, tenants=declared, server=server, storage=storage,
+                        extra=extra)
     proc = start_process([sys.executable, "-m", "gateway", "serve", "--config", str(path), *(args or [])],
                          READY, env=run_env, timeout=30)
     return GatewayInstance(url=proc.url, process=proc, config_path=path, admin_key=admin_key,

@@ -21,10 +21,7 @@ from typing import IO, Any
 MOCK_UPSTREAM_READY = r"mock-upstream listening on (?P<url>http://\S+)"
 
 # The one place that says how the mock upstream is launched.
-# TODO(lead): once `gateway mock-upstream` is registered in the CLI, switch to:
-#     MOCK_UPSTREAM_ARGS = [sys.executable, "-m", "gateway", "mock-upstream"]
-MOCK_UPSTREAM_ARGS = [sys.executable, "-c",
-                      "from gateway.mock_upstream.command import mock_upstream_command as c; c()"]
+MOCK_UPSTREAM_ARGS = [sys.executable, "-m", "gateway", "mock-upstream"]
 
 
 class ProcessFailed(RuntimeError):

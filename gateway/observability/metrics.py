@@ -1,0 +1,45 @@
+"""Prometheus metrics, one registry per running gateway (no process-global state).
+
+Label values are bounded: routes, providers and targets come from the config, statuses and
+reasons from fixed sets; tenants are config-declared too. Nothing request-specific is a label.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+_BREAKER_STATE_VALUE = {"closed": 0, "half_open": 1, "open": 2}
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter("gateway_requests", "Model requests answered, by route and status class.",
+                                ["route", "tenant", "status"], registry=r)
+        self.latency = Histogram("gateway_request_duration_seconds", "Time to the full answer, by route.",
+                                 ["route"], buckets=_LATENCY_BUCKETS, registry=r)
+        self.attempts = Counter("gateway_upstream_attempts", "Upstream attempts by target and outcome.",
+                                ["provider", "model", "outcome"], registry=r)
+        self.rejected = Counter("gateway_rejected", "Requests shed before any upstream call, by reason.",
+                                ["reason"], registry=r)
+        self.breaker_transitions = Counter("gateway_breaker_transitions", "Circuit breaker transitions.",
+                                           ["target", "to_state"], registry=r)
+        self.breaker_state = Gauge("gateway_breaker_state", "Breaker state: 0 closed, 1 half-open, 2 open.",
+                                   ["target"], registry=r)
+        self.tokens = Counter("gateway_tokens", "Tokens served, by route and kind.", ["route", "kind"], registry=r)
+        self.log_dropped = Gauge("gateway_log_records_dropped", "Log records dropped because the queue was full.",
+                                 registry=r)
+        self.webhook_dropped = Counter("gateway_webhook_dropped", "Webhook notifications dropped (queue full or "
+                                       "delivery failed).", registry=r)
+
+    def breaker_changed(self, target: str, to_state: str) -> None:
+        self.breaker_transitions.labels(target, to_state).inc()
+        self.breaker_state.labels(target).set(_BREAKER_STATE_VALUE.get(to_state, -1))
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)
