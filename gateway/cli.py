@@ -8,7 +8,7 @@ import os
 import socket
 import sys
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from functools import wraps
 from typing import Any, TypeVar
 
@@ -222,6 +222,56 @@ def keys_revoke(config_path: str | None, key_id: str) -> None:
         click.echo(f"{record.id} (tenant {record.tenant}) was already revoked at {_date(record.revoked_at)}")
     else:
         click.echo(f"revoked {record.id} (tenant {record.tenant})")
+
+
+# -- report --------------------------------------------------------------------------------------
+@cli.group()
+def report() -> None:
+    """Reports from the ledger."""
+
+
+def _day(_ctx: click.Context, _param: click.Parameter, value: str | None) -> date | None:
+    if value is None:
+        return None
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        raise click.BadParameter(f"'{value}' is not a date like 2026-11-30") from None
+
+
+@report.command("costs")
+@config_option
+@click.option("--tenant", default=None, help="Only this tenant.")
+@click.option("--since", default=None, callback=_day, help="First day (UTC, inclusive), e.g. 2026-11-01.")
+@click.option("--until", default=None, callback=_day, help="Last day (UTC, inclusive).")
+@click.option("--group-by", default="tenant", show_default=True,
+              help="Comma list of: tenant, day, model, route, feature, template.")
+@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True)
+def report_costs(config_path: str | None, tenant: str | None, since: date | None, until: date | None,
+                 group_by: str, fmt: str) -> None:
+    """Cost per tenant, day, model, route, feature and template version; spend against budget."""
+    from gateway.reports.budgets import report_text
+
+    settings = _settings(config_path)
+    groups = [g.strip() for g in group_by.split(",") if g.strip()]
+    try:
+        text = _run(_with_ledger)(settings, lambda ledger: report_text(
+            ledger, settings, tenant=tenant, since=since, until=until, group_by=groups, fmt=fmt))
+    except ValueError as e:
+        click.echo(f"gateway: {e}", err=True)
+        sys.exit(2)
+    click.echo(text, nl=not text.endswith("\n"))
+
+
+async def _with_ledger(settings: Settings, fn: Callable[[Any], Awaitable[T]]) -> T:
+    from gateway.store.ledger import Ledger
+
+    ledger = Ledger.from_url(settings.ledger_url())
+    try:
+        await ledger.migrate()
+        return await fn(ledger)
+    finally:
+        await ledger.aclose()
 
 
 def _register_mock_upstream() -> None:

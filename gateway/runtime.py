@@ -8,6 +8,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 
+from gateway.limits.stage import Limits
 from gateway.observability.logging import LogPipeline, access_logger
 from gateway.observability.metrics import Metrics
 from gateway.observability.webhook import WebhookNotifier
@@ -17,8 +18,10 @@ from gateway.providers.registry import build_providers
 from gateway.resilience.breaker import BreakerConfig, BreakerRegistry, Transition
 from gateway.resilience.bulkhead import Bulkhead, InFlightCaps
 from gateway.settings import Settings
+from gateway.store.envelopes import EnvelopeWriter
 from gateway.store.keys import KeyCache, KeyRecord, KeyStore, static_key
 from gateway.store.ledger import Ledger
+from gateway.store.state.base import StateStore, state_store_from_url
 
 _log = logging.getLogger("gateway")
 _breaker_log = logging.getLogger("gateway.breaker")
@@ -52,6 +55,9 @@ class Gateway:
     ingress_caps: InFlightCaps
     admin_caps: InFlightCaps
     tenant_caps: InFlightCaps
+    state: StateStore
+    limits: Limits
+    envelopes: EnvelopeWriter
     access_log: logging.Logger = field(default_factory=access_logger)
     log_pipeline: LogPipeline | None = None
     started_at: int = field(default_factory=lambda: int(time.time()))
@@ -78,7 +84,10 @@ class Gateway:
         bulkheads = _bulkheads(providers)
         tenant_caps = InFlightCaps(None, per_key={name: t.max_in_flight for name, t in settings.tenants.items()
                                                   if t.max_in_flight is not None})
+        state = state_store_from_url(settings.storage.state)
+        envelopes = EnvelopeWriter(ledger, settings.resolve_path(settings.storage.journal_dir))
         return cls(settings=settings, providers=providers, ledger=ledger, keys=keys,
+                   state=state, limits=Limits(settings, state, metrics), envelopes=envelopes,
                    key_cache=KeyCache(keys, static=env_key_records(settings)), metrics=metrics, notifier=notifier,
                    breakers=breakers, bulkheads=bulkheads, router=Router(providers, breakers, bulkheads),
                    ingress_caps=InFlightCaps(settings.server.max_in_flight),
@@ -91,6 +100,7 @@ class Gateway:
         for provider in self.providers.values():
             await provider.start()
         await self.notifier.start()
+        await self.envelopes.start()
         try:
             await self.key_cache.refresh()
         except Exception as e:  # the ledger may be down: env keys still work, the loop retries
@@ -106,4 +116,6 @@ class Gateway:
         for provider in self.providers.values():
             await provider.aclose()
         await self.notifier.aclose()
+        await self.envelopes.aclose()  # shutdown flushes: to the ledger, or to the journal
+        await self.state.aclose()
         await self.ledger.aclose()

@@ -11,11 +11,14 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping
+from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from gateway.limits.pricing import Pricing, exact_decimal
 
 DEFAULT_CONFIG = "config/gateway.yaml"
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -54,6 +57,11 @@ class ServerSettings(_Model):
 class StorageSettings(_Model):
     state: str = "memory"
     ledger: str = "sqlite:///.gateway/ledger.db"
+    # What of a call's bodies its envelope keeps: none (default: prompts may be sensitive),
+    # the request, or the request and the (non-streamed) response.
+    envelope_bodies: Literal["none", "request", "all"] = "none"
+    # Envelopes wait here when the ledger is unreachable (relative to the config file).
+    journal_dir: str = "../.gateway/journal"
     # How often the in-memory key cache is refreshed from the ledger; a miss refreshes it too,
     # at most once a second, so a new key works at once and a flood of bad keys costs nothing.
     auth_refresh_s: float = Field(5.0, gt=0)
@@ -110,6 +118,37 @@ class ProviderSettings(_Model):
         return self
 
 
+class BudgetSettings(_Model):
+    """Period budgets (UTC calendar day and month). USD amounts are exact decimals."""
+
+    # Counters are exact integers (USD in pico-dollars) and must fit the state store's range.
+    tokens_per_day: int | None = Field(None, ge=0, le=10**15)
+    tokens_per_month: int | None = Field(None, ge=0, le=10**15)
+    usd_per_day: Decimal | None = Field(None, ge=0, le=4_000_000, decimal_places=6)
+    usd_per_month: Decimal | None = Field(None, ge=0, le=4_000_000, decimal_places=6)
+
+    _exact = field_validator("usd_per_day", "usd_per_month", mode="before")(exact_decimal)
+
+
+class RateLimitSettings(_Model):
+    requests_per_minute: int | None = Field(None, ge=0, le=10**10)
+    tokens_per_minute: int | None = Field(None, ge=0, le=10**10)
+
+
+class LimitScope(_Model):
+    """Budgets and rate limits for one key or one feature of a tenant."""
+
+    budgets: BudgetSettings = BudgetSettings()
+    rate_limits: RateLimitSettings = RateLimitSettings()
+
+
+class RouteBudgetSettings(_Model):
+    tokens_per_day: int | None = Field(None, ge=0, le=10**15)
+    usd_per_day: Decimal | None = Field(None, ge=0, le=4_000_000, decimal_places=6)
+
+    _exact = field_validator("usd_per_day", mode="before")(exact_decimal)
+
+
 class TargetSettings(_Model):
     provider: str
     model: str
@@ -141,6 +180,10 @@ class RouteSettings(_Model):
     attempt_timeout_s: float | None = Field(None, gt=0)
     # Prompt plus completion tokens over all attempts of one request.
     token_budget: int | None = Field(None, gt=0)
+    # A prompt estimated above this is refused (context_length_exceeded) before any upstream call.
+    max_input_tokens: int | None = Field(None, gt=0)
+    # A budget for the route across all tenants.
+    budget: RouteBudgetSettings = RouteBudgetSettings()
     backoff: BackoffSettings = BackoffSettings()
 
     @model_validator(mode="before")
@@ -172,11 +215,33 @@ class TenantSettings(_Model):
     routes: list[str] = Field(default_factory=lambda: ["*"])
     # Requests of this tenant in flight at once; past it: 429 with retry-after at once.
     max_in_flight: int | None = Field(None, gt=0)
+    budgets: BudgetSettings = BudgetSettings()
+    rate_limits: RateLimitSettings = RateLimitSettings()
+    # Narrower limits for one key (by key id: key_... or env:VAR) or one X-Gateway-Feature value.
+    keys: dict[str, LimitScope] = Field(default_factory=dict)
+    features: dict[str, LimitScope] = Field(default_factory=dict)
     api_keys: list[str] = Field(default_factory=list, repr=False)
     description: str = ""
 
     def allows(self, route: str) -> bool:
         return "*" in self.routes or route in self.routes
+
+
+class StateErrorPolicy(_Model):
+    budgets: Literal["closed", "open"] = "closed"
+    rate_limits: Literal["closed", "open"] = "open"
+
+
+class LimitsSettings(_Model):
+    # A reservation left by a crashed process is released after this.
+    reservation_ttl_s: float = Field(300.0, gt=0)
+    # When the state store is down: refuse (closed) or serve unchecked (open).
+    on_state_error: StateErrorPolicy = StateErrorPolicy()
+    # Prompt estimates for providers tiktoken does not know exactly are raised by this share.
+    estimate_margin: float = Field(0.10, ge=0, le=2)
+    # A request under a token or USD budget with no max_tokens gets this one, so the reservation
+    # bounds what the provider can spend.
+    default_max_tokens: int = Field(4096, gt=0)
 
 
 class PathSettings(_Model):
@@ -193,6 +258,7 @@ class FileConfig(_Model):
     storage: StorageSettings = StorageSettings()
     paths: PathSettings = PathSettings()
     resilience: ResilienceSettings = ResilienceSettings()
+    limits: LimitsSettings = LimitsSettings()
     providers: dict[str, ProviderSettings] = Field(default_factory=dict)
     routes: dict[str, RouteSettings] = Field(default_factory=dict)
 
@@ -219,6 +285,8 @@ class Settings(_Model):
     server: ServerSettings
     storage: StorageSettings
     resilience: ResilienceSettings
+    limits: LimitsSettings
+    pricing: Pricing
     providers: dict[str, ProviderSettings]
     routes: dict[str, RouteSettings]
     tenants: dict[str, TenantSettings]
@@ -333,6 +401,7 @@ def load_settings(config_path: Path | str, env: Mapping[str, str] | None = None)
             if target.provider not in cfg.providers:
                 raise ConfigError(file, f"routes.{rname}.targets.{i}.provider", f"unknown provider '{target.provider}'")
 
+    pricing = _load_pricing(base_dir, cfg)
     admin_key = env.get("GATEWAY_ADMIN_KEY") or None
     return Settings(
         config_path=file,
@@ -340,12 +409,27 @@ def load_settings(config_path: Path | str, env: Mapping[str, str] | None = None)
         server=cfg.server,
         storage=cfg.storage,
         resilience=cfg.resilience,
+        limits=cfg.limits,
+        pricing=pricing,
         providers=cfg.providers,
         routes=cfg.routes,
         tenants=tenants,
         env_keys=tuple(env_keys),
         admin_key=admin_key,
     )
+
+
+def _load_pricing(base_dir: Path, cfg: FileConfig) -> Pricing:
+    pfile = Path(cfg.paths.pricing)
+    pfile = pfile if pfile.is_absolute() else base_dir / pfile
+    if not pfile.exists():
+        return Pricing()
+    pricing = _validate(Pricing, _read_yaml(pfile), pfile)
+    for key in pricing.prices:
+        provider = key.partition("/")[0]
+        if provider not in cfg.providers:
+            raise ConfigError(pfile, f"prices.{key}", f"unknown provider '{provider}' (keys are provider/model)")
+    return pricing
 
 
 def _check_name(file: Path, key: str, name: str) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import date
 from typing import Any
 
 import orjson
@@ -14,6 +15,7 @@ from gateway.errors import BadRequest, NotFound
 from gateway.http.ingress import CALL_KEY
 from gateway.http.validation import parse_json_object
 from gateway.pipeline.auth import check_admin
+from gateway.reports.budgets import report_text
 from gateway.runtime import Gateway
 from gateway.store.keys import KeyRecord
 
@@ -85,8 +87,27 @@ async def reset_breaker(request: Request) -> Response:
     return _json(gw.breakers.get(target).snapshot())
 
 
+async def cost_report(request: Request) -> Response:
+    gw = _admin(request)
+    q = request.query_params
+    fmt = q.get("format", "json")
+    if fmt not in ("json", "csv", "table"):
+        raise BadRequest("format must be json, csv or table.", param="format")
+    try:
+        since = date.fromisoformat(q["since"]) if q.get("since") else None
+        until = date.fromisoformat(q["until"]) if q.get("until") else None
+        groups = [g for g in q.get("group_by", "tenant").split(",") if g]
+        text = await report_text(gw.ledger, gw.settings, tenant=q.get("tenant"), since=since, until=until,
+                                 group_by=groups, fmt=fmt)
+    except ValueError as e:
+        raise BadRequest(str(e), param="group_by" if "group" in str(e) else "since") from None
+    media = {"json": "application/json", "csv": "text/csv; charset=utf-8", "table": "text/plain; charset=utf-8"}[fmt]
+    return Response(text, media_type=media)
+
+
 def routes() -> list[Route]:
     return [
+        Route("/admin/reports/costs", cost_report, methods=["GET"]),
         Route("/admin/breakers", list_breakers, methods=["GET"]),
         Route("/admin/breakers/{target:path}/reset", reset_breaker, methods=["POST"]),
         Route("/admin/keys", list_keys, methods=["GET"]),

@@ -110,7 +110,9 @@ class IngressMiddleware:
                 caps.leave()
             for release in call.deferred:
                 release()
-            record_call(call, self.gateway.metrics, self.gateway.access_log, quiet=scope["path"] in _QUIET_PATHS)
+            gw = self.gateway
+            record_call(call, gw.metrics, gw.access_log, gw.settings.pricing, gw.envelopes,
+                        quiet=scope["path"] in _QUIET_PATHS)
 
     async def _error(self, exc: GatewayError, call: Call, started: bool, send: Send) -> None:
         call.error_type, call.error_code = type(exc).__name__, exc.error_code

@@ -7,6 +7,7 @@ from collections.abc import AsyncGenerator
 from typing import Any
 
 import orjson
+from starlette.background import BackgroundTask
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -14,6 +15,7 @@ from gateway.errors import ConcurrencyLimited, GatewayError, InternalError
 from gateway.http.ingress import CALL_KEY
 from gateway.http.sse import SSEResponse
 from gateway.http.validation import parse_json_object, validate_chat, validate_embeddings
+from gateway.limits.stage import Hold
 from gateway.limits.tokens import count_messages
 from gateway.pipeline.auth import authenticate
 from gateway.pipeline.context import Call
@@ -21,6 +23,7 @@ from gateway.pipeline.policy import allowed_routes, apply_route_caps, resolve_ro
 from gateway.providers.base import ChatStream, Usage
 from gateway.resilience.backoff import retry_after_headers
 from gateway.runtime import Gateway
+from gateway.settings import RouteSettings
 
 _log = logging.getLogger("gateway.stream")
 _JSON = b"application/json"
@@ -36,8 +39,17 @@ def _call(request: Request) -> Call:
     return call
 
 
-def _json(body: bytes, headers: list[tuple[bytes, bytes]] | None = None) -> Response:
-    resp = Response(body, media_type="application/json")
+def _settler(gw: Gateway, hold: Hold | None, usage: Usage, call: Call) -> BackgroundTask | None:
+    """Settlement runs right after the answer is sent, still inside the request (the ingress waits for
+    it before the request counts as over), so it costs the client no latency and is never dropped."""
+    if hold is None:
+        return None
+    return BackgroundTask(gw.limits.settle, hold, usage, call.provider, call.target_model)
+
+
+def _json(body: bytes, headers: list[tuple[bytes, bytes]] | None = None, *,
+          settle: BackgroundTask | None = None) -> Response:
+    resp = Response(body, media_type="application/json", background=settle)
     if headers:
         resp.raw_headers.extend(headers)
     return resp
@@ -48,6 +60,7 @@ def _route_headers(call: Call) -> list[tuple[bytes, bytes]]:
         (b"x-gateway-route", (call.route or "").encode()),
         (b"x-gateway-provider", (call.provider or "").encode()),
         (b"x-gateway-attempts", str(call.attempt_count).encode()),
+        *((k.encode(), v.encode()) for k, v in call.extra_headers.items()),
     ]
 
 
@@ -60,7 +73,10 @@ async def _begin(request: Request, kind: str) -> tuple[Gateway, Call, dict[str, 
     feature = request.headers.get("x-gateway-feature")
     if feature:
         call.feature = feature[:128]
-    body = parse_json_object(await request.body())
+    raw = await request.body()
+    body = parse_json_object(raw)
+    if gw.settings.storage.envelope_bodies != "none":
+        call.request_body = raw.decode("utf-8", "replace")
     return gw, call, body
 
 
@@ -73,23 +89,41 @@ def _admit_tenant(gw: Gateway, call: Call) -> None:
     call.deferred.append(lambda: gw.tenant_caps.leave(tenant))
 
 
+async def _reserve(gw: Gateway, call: Call, route: RouteSettings, body: dict[str, Any]) -> Hold | None:
+    hold = await gw.limits.reserve(call, route, body)
+    if hold is not None:
+        call.extra_headers.update(hold.headers)
+    return hold
+
+
 async def chat_completions(request: Request) -> Response | SSEResponse:
     gw, call, body = await _begin(request, "chat")
     call.model_requested = validate_chat(body)
     route = resolve_route(gw.settings, call, call.model_requested)
     apply_route_caps(body, route)
-    if not body.get("stream"):
-        result = await gw.router.chat(call, route, body)
+    hold = await _reserve(gw, call, route, body)
+    stream_mode = bool(body.get("stream"))
+    try:
+        if not stream_mode:
+            result = await gw.router.chat(call, route, body)
+        else:
+            call.stream = True
+            include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+            stream = await gw.router.chat_stream(call, route, body, include_usage)
+    except BaseException:
+        # No attempt succeeded: providers do not bill failed calls, so nothing was spent.
+        await gw.limits.release(hold)
+        raise
+    if not stream_mode:
         call.usage, call.model_served, call.finish_reason = result.usage, result.served_model, result.finish_reason
-        return _json(result.body, _route_headers(call))
-
-    call.stream = True
-    include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-    stream = await gw.router.chat_stream(call, route, body, include_usage)
-    return SSEResponse(_relay(stream, call, body), _route_headers(call))
+        if gw.settings.storage.envelope_bodies == "all":
+            call.response_body = result.body.decode("utf-8", "replace")
+        return _json(result.body, _route_headers(call), settle=_settler(gw, hold, result.usage, call))
+    return SSEResponse(_relay(gw, stream, call, body, hold), _route_headers(call))
 
 
-async def _relay(stream: ChatStream, call: Call, body: dict[str, Any]) -> AsyncGenerator[bytes, None]:
+async def _relay(gw: Gateway, stream: ChatStream, call: Call, body: dict[str, Any],
+                 hold: Hold | None) -> AsyncGenerator[bytes, None]:
     """Relays chunks as they arrive, then `[DONE]`; after the first byte, failures are reported in-band
     as one OpenAI-style error event, and the stream ends without `[DONE]`."""
     completed = False
@@ -115,6 +149,10 @@ async def _relay(stream: ChatStream, call: Call, body: dict[str, Any]) -> AsyncG
         call.model_served = stream.translator.served_model
         call.finish_reason = stream.translator.finish_reason
         call.usage = stream.usage if stream.usage.reported else _estimate(body, stream.usage)
+        # A stream cut short (client gone, provider broken) may have been billed for what it
+        # generated; unless the provider reported usage, the reservation stands as spent.
+        await gw.limits.settle(hold, stream.usage if stream.usage.reported else None, call.provider,
+                               call.target_model)
 
 
 def _stream_error(exc: GatewayError) -> bytes:
@@ -132,9 +170,14 @@ async def embeddings(request: Request) -> Response:
     gw, call, body = await _begin(request, "embeddings")
     call.model_requested = validate_embeddings(body)
     route = resolve_route(gw.settings, call, call.model_requested)
-    result = await gw.router.embeddings(call, route, body)
+    hold = await _reserve(gw, call, route, body)
+    try:
+        result = await gw.router.embeddings(call, route, body)
+    except BaseException:
+        await gw.limits.release(hold)
+        raise
     call.usage, call.model_served = result.usage, result.served_model
-    return _json(result.body, _route_headers(call))
+    return _json(result.body, _route_headers(call), settle=_settler(gw, hold, result.usage, call))
 
 
 def _model_object(name: str, created: int) -> dict[str, Any]:

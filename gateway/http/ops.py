@@ -22,8 +22,9 @@ async def metrics(request: Request) -> Response:
 async def readyz(request: Request) -> Response:
     gw = request.app.state.gateway
     ledger_ok = await gw.ledger.ping(timeout_s=1.0)
-    checks = {"ledger": "ok" if ledger_ok else "unreachable"}
-    if ledger_ok:
+    state_ok = await gw.state.ping()
+    checks = {"ledger": "ok" if ledger_ok else "unreachable", "state": "ok" if state_ok else "unreachable"}
+    if ledger_ok and state_ok:
         return Response(orjson.dumps({"status": "ready", "checks": checks}), media_type="application/json")
     return Response(orjson.dumps({"status": "unready", "checks": checks}), status_code=503,
                     media_type="application/json", headers={"retry-after": "1"})

@@ -32,6 +32,13 @@ class Metrics:
         self.breaker_state = Gauge("gateway_breaker_state", "Breaker state: 0 closed, 1 half-open, 2 open.",
                                    ["target"], registry=r)
         self.tokens = Counter("gateway_tokens", "Tokens served, by route and kind.", ["route", "kind"], registry=r)
+        self.state_errors = Counter("gateway_state_errors", "State store failures by what the limits did.",
+                                    ["outcome"], registry=r)
+        self.estimate_gap = Histogram("gateway_token_estimate_gap_ratio",
+                                      "(reported - estimated) / estimated prompt tokens, by provider.",
+                                      ["provider"],
+                                      buckets=(-0.5, -0.2, -0.1, -0.05, -0.01, 0, 0.01, 0.05, 0.1, 0.2, 0.5),
+                                      registry=r)
         self.log_dropped = Gauge("gateway_log_records_dropped", "Log records dropped because the queue was full.",
                                  registry=r)
         self.webhook_dropped = Counter("gateway_webhook_dropped", "Webhook notifications dropped (queue full or "

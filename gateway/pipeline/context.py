@@ -52,6 +52,12 @@ class Call:
     model_requested: str | None = None
     provider: str | None = None
     model_served: str | None = None
+    target_model: str | None = None  # the route target's model (what pricing is keyed by)
+    prompt_estimate: int | None = None
+    cost_picousd: int = 0
+    # Kept only when the body policy (storage.envelope_bodies) says so.
+    request_body: str | None = None
+    response_body: str | None = None
     attempts: list[Attempt] = field(default_factory=list)
     usage: Usage | None = None
     finish_reason: str | None = None
@@ -60,6 +66,8 @@ class Call:
     error_code: str | None = None
     ttft_ms: float | None = None
     client_disconnected: bool = False
+    # Headers every response of this call carries, errors included (x-ratelimit-*).
+    extra_headers: dict[str, str] = field(default_factory=dict)
     # Run by the ingress when the request is over (streams included): releases what stages took.
     deferred: list[Callable[[], None]] = field(default_factory=list)
 
@@ -89,6 +97,7 @@ class Call:
             "completion_tokens": usage.completion_tokens if usage else None,
             "usage_reported": usage.reported if usage else None,
             "finish_reason": self.finish_reason,
+            "cost_usd": f"{self.cost_picousd / 10**12:.6f}" if self.cost_picousd else None,
         }
         if self.feature:
             rec["feature"] = self.feature

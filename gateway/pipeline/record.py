@@ -1,25 +1,80 @@
-"""record: what a finished call leaves behind: metrics and the one log line."""
+"""record: what a finished call leaves behind: its cost, metrics, the envelope and the log line."""
 
 from __future__ import annotations
 
 import logging
+import os
+from typing import Any
 
+from gateway.limits.pricing import Pricing
 from gateway.observability.metrics import Metrics
 from gateway.pipeline.context import Call
+from gateway.store.envelopes import EnvelopeWriter
 
 _MODEL_KINDS = frozenset({"chat", "embeddings"})
 
 
-def record_call(call: Call, metrics: Metrics, access_log: logging.Logger, *, quiet: bool = False) -> None:
+def price_call(call: Call, pricing: Pricing) -> None:
+    usage = call.usage
+    if usage is not None and call.provider is not None and call.target_model is not None:
+        call.cost_picousd = pricing.cost_picousd(call.provider, call.target_model, usage.prompt_tokens,
+                                                 usage.completion_tokens, usage.cached_tokens)
+
+
+def envelope(call: Call) -> dict[str, Any]:
+    usage = call.usage
+    return {
+        "envelope_id": os.urandom(16).hex(),
+        "request_id": call.request_id,
+        "created_at": call.started_at,
+        "tenant": call.tenant,
+        "key_id": call.key_id,
+        "route": call.route,
+        "feature": call.feature,
+        "template_id": None,
+        "template_version": None,
+        "template_hash": None,
+        "model_requested": call.model_requested,
+        "model_served": call.model_served,
+        "provider": call.provider,
+        "attempts": [a.as_dict() for a in call.attempts],
+        "prompt_tokens": usage.prompt_tokens if usage else 0,
+        "completion_tokens": usage.completion_tokens if usage else 0,
+        "cached_tokens": usage.cached_tokens if usage else 0,
+        "cost_picousd": call.cost_picousd,
+        "cache_status": None,
+        "cache_saved_tokens": 0,
+        "cache_saved_picousd": 0,
+        "latency_ms": round(call.elapsed_ms(), 3),
+        "ttft_ms": call.ttft_ms,
+        "status": call.status,
+        "error_type": call.error_type,
+        "stream": call.stream,
+        "usage_reported": bool(usage and usage.reported),
+        "safety_flags": None,
+        "request_body": call.request_body,
+        "response_body": call.response_body,
+    }
+
+
+def record_call(call: Call, metrics: Metrics, access_log: logging.Logger, pricing: Pricing,
+                envelopes: EnvelopeWriter | None, *, quiet: bool = False) -> None:
     if call.kind in _MODEL_KINDS and call.route is not None:
+        price_call(call, pricing)
         route = call.route
         metrics.requests.labels(route, call.tenant or "", str(call.status)).inc()
         metrics.latency.labels(route).observe(call.elapsed_ms() / 1000)
         for attempt in call.attempts:
             outcome = "skipped" if attempt.skipped else ("ok" if attempt.status == 200 else (attempt.error or "error"))
             metrics.attempts.labels(attempt.provider, attempt.model, outcome).inc()
-        if call.usage is not None:
-            metrics.tokens.labels(route, "prompt").inc(call.usage.prompt_tokens)
-            metrics.tokens.labels(route, "completion").inc(call.usage.completion_tokens)
+        usage = call.usage
+        if usage is not None:
+            metrics.tokens.labels(route, "prompt").inc(usage.prompt_tokens)
+            metrics.tokens.labels(route, "completion").inc(usage.completion_tokens)
+            if usage.reported and call.prompt_estimate:
+                metrics.estimate_gap.labels(call.provider or "").observe(
+                    (usage.prompt_tokens - call.prompt_estimate) / call.prompt_estimate)
+        if envelopes is not None and call.tenant is not None:
+            envelopes.submit(envelope(call))
     if not quiet:
         access_log.info("request", extra={"fields": call.log_record()})

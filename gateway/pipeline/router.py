@@ -194,7 +194,7 @@ class Router:
             record.latency_ms = (self.clock() - started) * 1000
             if usage is not None:
                 record.tokens = usage.total_tokens
-            call.provider = target.provider
+            call.provider, call.target_model = target.provider, target.model
             return result
         raise self._exhausted(call, route, state)
 

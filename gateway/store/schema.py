@@ -11,15 +11,22 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
+    Boolean,
     Column,
+    Date,
     DateTime,
     Dialect,
+    Float,
     Index,
     Integer,
     MetaData,
     Table,
     Text,
     TypeDecorator,
+    UniqueConstraint,
+    false,
+    text,
 )
 
 # Explicit constraint names: migrations can then drop or alter them by name on every back end.
@@ -84,4 +91,53 @@ audit_log = Table(
     Column("resource", Text, nullable=False),
     Column("detail", JSON, nullable=True),
     Index("ix_audit_log_at", "at"),
+)
+
+# One row per model call, written in batches by gateway.store.envelopes.EnvelopeWriter.
+envelopes = Table(
+    "envelopes",
+    metadata,
+    # BIGINT on PostgreSQL: a busy fleet passes 2**31 calls in weeks. SQLite needs exactly INTEGER
+    # for an autoincrementing rowid alias (and its integers are 64-bit anyway).
+    Column("id", BigInteger().with_variant(Integer(), "sqlite"), primary_key=True, autoincrement=True),
+    # Assigned by the gateway (uuid4 hex) before the first write attempt: a batch that is retried or
+    # replayed from the journal inserts each envelope at most once (ON CONFLICT DO NOTHING).
+    Column("envelope_id", Text, nullable=False),
+    Column("request_id", Text, nullable=False),  # not unique: clients may reuse request ids
+    Column("created_at", UTCDateTime, nullable=False),
+    Column("day", Date, nullable=False),  # the UTC day of created_at, what reports group by
+    Column("tenant", Text, nullable=True),  # None only for calls rejected before authentication
+    Column("key_id", Text, nullable=True),
+    Column("route", Text, nullable=True),
+    Column("feature", Text, nullable=True),
+    Column("template_id", Text, nullable=True),
+    Column("template_version", Text, nullable=True),
+    Column("template_hash", Text, nullable=True),
+    Column("model_requested", Text, nullable=True),
+    Column("model_served", Text, nullable=True),
+    Column("provider", Text, nullable=True),
+    Column("attempts", JSON(none_as_null=True), nullable=True),
+    Column("prompt_tokens", Integer, nullable=False, server_default=text("0")),
+    Column("completion_tokens", Integer, nullable=False, server_default=text("0")),
+    Column("cached_tokens", Integer, nullable=False, server_default=text("0")),
+    # Money as exact integers of 1e-12 USD: sums over millions of calls stay exact, and a
+    # $0.0000001 call is still 100_000 units.
+    Column("cost_picousd", BigInteger, nullable=False, server_default=text("0")),
+    Column("cache_status", Text, nullable=True),  # miss | hit | semantic-hit | bypass
+    Column("cache_saved_tokens", Integer, nullable=False, server_default=text("0")),
+    Column("cache_saved_picousd", BigInteger, nullable=False, server_default=text("0")),
+    Column("latency_ms", Float, nullable=True),
+    Column("ttft_ms", Float, nullable=True),
+    Column("status", Integer, nullable=False, server_default=text("0")),
+    Column("error_type", Text, nullable=True),
+    Column("stream", Boolean, nullable=False, server_default=false()),
+    Column("usage_reported", Boolean, nullable=False, server_default=false()),
+    Column("safety_flags", JSON(none_as_null=True), nullable=True),
+    Column("request_body", Text, nullable=True),
+    Column("response_body", Text, nullable=True),
+    UniqueConstraint("envelope_id", name="uq_envelopes_envelope_id"),
+    Index("ix_envelopes_request_id", "request_id"),
+    Index("ix_envelopes_day", "day"),
+    # Also serves lookups by tenant alone (its leading column), so there is no separate tenant index.
+    Index("ix_envelopes_tenant_day", "tenant", "day"),
 )

@@ -148,7 +148,7 @@ def test_readyz_follows_the_postgres_ledger(tmp_path: Path) -> None:
         gw = start_gateway(tmp_path, **MOCK_ONLY, tenants={"acme": {}}, storage={"ledger": url})
         with httpx.Client(base_url=gw.url, timeout=10) as http:
             assert http.get("/healthz").status_code == 200
-            assert http.get("/readyz").json() == {"status": "ready", "checks": {"ledger": "ok"}}
+            assert http.get("/readyz").json() == {"status": "ready", "checks": {"ledger": "ok", "state": "ok"}}
             proxy.cut()
             r = http.get("/readyz")
             assert r.status_code == 503 and r.json()["checks"]["ledger"] == "unreachable"

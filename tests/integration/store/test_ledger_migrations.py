@@ -30,7 +30,7 @@ async def test_migrate_creates_the_schema_and_twice_is_a_no_op(ledger_url):
         async with lg.read() as conn:
             versions = (await conn.execute(text("SELECT version_num FROM alembic_version"))).scalars().all()
             tables, indexes, uniques = await conn.run_sync(_schema_facts)
-        assert versions == ["0001"]
+        assert versions == ["0002"]
         assert {"api_keys", "audit_log", "alembic_version"} <= tables
         assert {"ix_api_keys_tenant", "ix_audit_log_at"} <= indexes
         assert ("uq_api_keys_key_hash", ("key_hash",)) in uniques
@@ -51,7 +51,7 @@ async def test_concurrent_migrations_serialize(ledger_url):
         await asyncio.gather(*(lg.migrate() for lg in ledgers))
         async with ledgers[0].read() as conn:
             versions = (await conn.execute(text("SELECT version_num FROM alembic_version"))).scalars().all()
-        assert versions == ["0001"]
+        assert versions == ["0002"]
     finally:
         for lg in ledgers:
             await lg.aclose()

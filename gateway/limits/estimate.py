@@ -1,0 +1,54 @@
+"""Prompt token estimates per target, before the call.
+
+OpenAI-family targets are counted exactly with tiktoken (their own encoding, OpenAI's
+per-message overhead, tool definitions included). Other providers tokenize differently: their
+estimate is the cl100k count raised by a configurable safety margin. The estimate is later
+reconciled with the usage the provider reports; the gap is a metric.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import orjson
+
+from gateway.limits.tokens import count_messages, count_text, encoding_name_for_model
+
+_EXACT_KINDS = frozenset({"openai", "azure-openai", "mock"})
+# OpenAI wraps tool definitions in a preamble of roughly this many tokens.
+_TOOLS_OVERHEAD = 12
+
+
+def _tools_tokens(tools: Any, model: str) -> int:
+    if not isinstance(tools, list) or not tools:
+        return 0
+    return _TOOLS_OVERHEAD + count_text(orjson.dumps(tools).decode(), model)
+
+
+def estimate_prompt(body: Mapping[str, Any], targets: Iterable[tuple[str, str]], margin: float) -> int:
+    """The largest prompt estimate over the targets (kind, model) the request may reach."""
+    messages = body.get("messages") or ()
+    tools = body.get("tools")
+    counted: dict[str, int] = {}
+    best = 0
+    for kind, model in targets:
+        family = encoding_name_for_model(model) if kind in _EXACT_KINDS else "cl100k_base"
+        if family not in counted:
+            ref_model = model if kind in _EXACT_KINDS else "gpt-4"
+            counted[family] = count_messages(messages, ref_model) + _tools_tokens(tools, ref_model)
+        tokens = counted[family] if kind in _EXACT_KINDS else math.ceil(counted[family] * (1 + margin))
+        best = max(best, tokens)
+    return best
+
+
+def estimate_embeddings(body: Mapping[str, Any], model: str) -> int:
+    inp = body.get("input")
+    if isinstance(inp, str):
+        return count_text(inp, model)
+    if isinstance(inp, list):
+        if all(isinstance(x, int) for x in inp):
+            return len(inp)
+        return sum(count_text(x, model) if isinstance(x, str) else len(x) for x in inp)
+    return 0

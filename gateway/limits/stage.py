@@ -1,0 +1,259 @@
+"""limits: rate limits and token/cost budgets, as one atomic reservation per request.
+
+Before the call the gateway reserves, on every counter the request draws on (tenant, key and
+feature budgets and rate limits; the route's own budget), the prompt estimate plus the capped
+completion and their price at the dearest target. If anything does not fit, the request is
+refused before any upstream call. After the call each counter is settled to the actual usage
+and the rest released; a reservation left by a crashed process expires. Because the provider is
+always sent a `max_tokens` no larger than what was reserved, no interleaving of requests can
+spend past a budget.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from gateway.errors import BadRequest, GatewayError, RateLimited, ServiceUnavailable
+from gateway.limits.estimate import estimate_embeddings, estimate_prompt
+from gateway.limits.pricing import usd_to_picousd
+from gateway.observability.metrics import Metrics
+from gateway.pipeline.context import Call
+from gateway.providers.base import Usage
+from gateway.resilience.backoff import retry_after_headers
+from gateway.settings import BudgetSettings, RateLimitSettings, RouteSettings, Settings
+from gateway.store.state.base import (
+    MAX_PERIOD_UNITS,
+    MAX_WINDOW_UNITS,
+    Bucket,
+    Decision,
+    StateStore,
+    StateUnavailable,
+)
+
+_log = logging.getLogger("gateway.limits")
+
+Unit = Literal["tokens", "usd", "requests"]
+
+
+class InsufficientQuota(RateLimited):
+    type, code = "insufficient_quota", "insufficient_quota"
+
+
+class StateDown(ServiceUnavailable):
+    code = "limits_unavailable"
+
+
+@dataclass(slots=True)
+class Hold:
+    """What one call reserved; settled or released exactly once."""
+
+    reservation_id: str
+    groups: list[list[Bucket]]
+    units: dict[str, Unit]  # bucket name -> what it counts
+    prompt_tokens: int
+    completion_tokens: int
+    usd_picousd: int
+    done: bool = False
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+def _scope_buckets(prefix: str, tag: str, budgets: BudgetSettings, rates: RateLimitSettings, tokens: int,
+                   usd: int, units: dict[str, Unit]) -> list[Bucket]:
+    out: list[Bucket] = []
+
+    def add(name: str, limit: int | None, kind: Literal["period", "window"], period: Literal["day", "month", "minute"],
+            amount: int, unit: Unit) -> None:
+        if limit is None:
+            return
+        full = f"{prefix}.{name}"
+        units[full] = unit
+        # An absurd request (max_tokens of billions) must be refused as over the limit, not overflow a counter.
+        bound = MAX_WINDOW_UNITS if kind == "window" else MAX_PERIOD_UNITS
+        out.append(Bucket(key=f"{prefix}:{name}", hash_tag=tag, limit=limit, kind=kind, period=period,
+                          amount=min(amount, bound), name=full))
+
+    add("tokens_per_day", budgets.tokens_per_day, "period", "day", tokens, "tokens")
+    add("tokens_per_month", budgets.tokens_per_month, "period", "month", tokens, "tokens")
+    add("usd_per_day", None if budgets.usd_per_day is None else usd_to_picousd(budgets.usd_per_day),
+        "period", "day", usd, "usd")
+    add("usd_per_month", None if budgets.usd_per_month is None else usd_to_picousd(budgets.usd_per_month),
+        "period", "month", usd, "usd")
+    add("requests_per_minute", rates.requests_per_minute, "window", "minute", 1, "requests")
+    add("tokens_per_minute", rates.tokens_per_minute, "window", "minute", tokens, "tokens")
+    return out
+
+
+def _ratelimit_headers(decision: Decision, buckets: list[Bucket]) -> dict[str, str]:
+    """OpenAI's x-ratelimit-* headers from the tightest requests and tokens windows."""
+    out: dict[str, str] = {}
+    for unit, suffix in (("requests_per_minute", "requests"), ("tokens_per_minute", "tokens")):
+        tight = [b for b in buckets if b.name.endswith(unit)]
+        if not tight:
+            continue
+        b = min(tight, key=lambda x: decision.remaining.get(x.name, x.limit))
+        out[f"x-ratelimit-limit-{suffix}"] = str(b.limit)
+        out[f"x-ratelimit-remaining-{suffix}"] = str(max(0, decision.remaining.get(b.name, b.limit)))
+        out[f"x-ratelimit-reset-{suffix}"] = f"{decision.reset_s.get(b.name, 60.0):.3f}s"
+    return out
+
+
+class Limits:
+    def __init__(self, settings: Settings, store: StateStore, metrics: Metrics) -> None:
+        self.settings = settings
+        self.store = store
+        self.metrics = metrics
+        self.policy = settings.limits.on_state_error
+
+    def _completion_cap(self, body: dict[str, Any], needs_bound: bool) -> int:
+        field_name = "max_completion_tokens" if "max_completion_tokens" in body else "max_tokens"
+        asked = body.get(field_name)
+        if isinstance(asked, int):
+            return asked
+        if not needs_bound:
+            return 0
+        # Unbounded completions cannot be reserved: the provider is given the default bound.
+        body[field_name] = self.settings.limits.default_max_tokens
+        return self.settings.limits.default_max_tokens
+
+    def _price_bound(self, route: RouteSettings, prompt: int, completion: int) -> int:
+        worst = 0
+        for t in route.targets:
+            worst = max(worst, self.settings.pricing.cost_picousd(t.provider, t.model, prompt, completion))
+        return worst
+
+    def check_input(self, call: Call, route: RouteSettings, body: dict[str, Any]) -> int:
+        """The prompt estimate; a prompt over the route's max_input_tokens is refused here."""
+        targets = [(self.settings.providers[t.provider].kind, t.model) for t in route.targets]
+        if call.kind == "embeddings":
+            prompt = estimate_embeddings(body, route.targets[0].model)
+        else:
+            prompt = estimate_prompt(body, targets, self.settings.limits.estimate_margin)
+        if route.max_input_tokens is not None and prompt > route.max_input_tokens:
+            raise BadRequest(
+                f"This model's maximum context length is {route.max_input_tokens} tokens. However, your messages "
+                f"resulted in {prompt} tokens. Please reduce the length of the messages.",
+                param="messages", code="context_length_exceeded")
+        call.prompt_estimate = prompt
+        return prompt
+
+    async def reserve(self, call: Call, route: RouteSettings, body: dict[str, Any]) -> Hold | None:
+        prompt = self.check_input(call, route, body)
+        tenant = self.settings.tenants.get(call.tenant or "")
+        if tenant is None:
+            return None
+        scopes: list[tuple[str, BudgetSettings, RateLimitSettings]] = [("tenant", tenant.budgets, tenant.rate_limits)]
+        if call.key_id and call.key_id in tenant.keys:
+            key_scope = tenant.keys[call.key_id]
+            scopes.append((f"key:{call.key_id}", key_scope.budgets, key_scope.rate_limits))
+        if call.feature and call.feature in tenant.features:
+            feature_scope = tenant.features[call.feature]
+            scopes.append((f"feature:{call.feature}", feature_scope.budgets, feature_scope.rate_limits))
+        bounded = any(_bounds_tokens(b, r) for _, b, r in scopes) or _route_bounds(route)
+        completion = self._completion_cap(body, bounded) if call.kind == "chat" else 0
+        tokens = prompt + completion
+        usd = self._price_bound(route, prompt, completion)
+        units: dict[str, Unit] = {}
+        tag = f"t:{call.tenant}"
+        tenant_buckets: list[Bucket] = []
+        for name, budgets, rates in scopes:
+            prefix = f"tenant:{call.tenant}" if name == "tenant" else f"tenant:{call.tenant}:{name}"
+            tenant_buckets += _scope_buckets(prefix, tag, budgets, rates, tokens, usd, units)
+        route_buckets = _scope_buckets(f"route:{call.route}", f"r:{call.route}", BudgetSettings(
+            tokens_per_day=route.budget.tokens_per_day, usd_per_day=route.budget.usd_per_day), RateLimitSettings(),
+            tokens, usd, units)
+        groups = [g for g in (tenant_buckets, route_buckets) if g]
+        if not groups:
+            return None
+        hold = Hold(reservation_id=os.urandom(12).hex(), groups=[], units=units, prompt_tokens=prompt,
+                    completion_tokens=completion, usd_picousd=usd)
+        for group in groups:
+            try:
+                decision = await self.store.reserve(hold.reservation_id, group, self.settings.limits.reservation_ttl_s)
+            except StateUnavailable as e:
+                if self._unchecked_allowed(group, e):
+                    continue
+                await self.release(hold)
+                raise StateDown("Budgets cannot be checked right now (the state store is unreachable); retry shortly.",
+                                headers=retry_after_headers(1.0)) from None
+            if not decision.ok:
+                await self.release(hold)
+                raise self._refusal(decision, group)
+            hold.groups.append(group)
+            hold.headers.update(_ratelimit_headers(decision, group))
+        return hold if hold.groups else None
+
+    def _unchecked_allowed(self, group: list[Bucket], error: StateUnavailable) -> bool:
+        has_budget = any(b.kind == "period" for b in group)
+        allowed = (not has_budget or self.policy.budgets == "open") and self.policy.rate_limits == "open"
+        self.metrics.state_errors.labels("open" if allowed else "closed").inc()
+        _log.error("state store unreachable; limits %s", "skipped (fail-open)" if allowed else "refused (fail-closed)",
+                   extra={"fields": {"error": str(error)[:300]}})
+        return allowed
+
+    def _refusal(self, decision: Decision, group: list[Bucket]) -> GatewayError:
+        failed = decision.failed
+        assert failed is not None
+        headers = {**retry_after_headers(decision.retry_after_s or 1.0), **_ratelimit_headers(decision, group)}
+        self.metrics.rejected.labels("budget" if failed.kind == "period" else "rate_limit").inc()
+        if failed.kind == "period":
+            return InsufficientQuota(
+                f"You exceeded your current quota ({failed.name}: {failed.limit}); it resets at the start of the next "
+                f"{failed.period} (UTC).", headers=headers)
+        return RateLimited(f"Rate limit reached for {failed.name}: limit {failed.limit}, requested {failed.amount}. "
+                           f"Please try again in {decision.retry_after_s or 1:.3g}s.", headers=headers)
+
+    async def settle(self, hold: Hold | None, usage: Usage | None, provider: str | None, model: str | None) -> None:
+        """Actual usage replaces the reservation; without reported usage the reservation stands as spent.
+
+        Shielded: a client that leaves at this moment cancels its request, but a settlement cut
+        short would let the reservation expire and the spend be forgotten."""
+        if hold is None or hold.done:
+            return
+        hold.done = True
+        await asyncio.shield(self._settle(hold, usage, provider, model))
+
+    async def _settle(self, hold: Hold, usage: Usage | None, provider: str | None, model: str | None) -> None:
+        if usage is None or not usage.reported or provider is None or model is None:
+            actual_tokens, actual_usd = hold.prompt_tokens + hold.completion_tokens, hold.usd_picousd
+        else:
+            actual_tokens = usage.prompt_tokens + usage.completion_tokens
+            actual_usd = self.settings.pricing.cost_picousd(provider, model, usage.prompt_tokens,
+                                                            usage.completion_tokens, usage.cached_tokens)
+        for group in hold.groups:
+            actual: Mapping[str, int] = {b.name: _amount(hold.units[b.name], actual_tokens, actual_usd) for b in group}
+            try:
+                await self.store.settle(hold.reservation_id, group, actual)
+            except StateUnavailable:
+                self.metrics.state_errors.labels("settle").inc()
+                _log.error("state store unreachable at settlement; the reservation will expire")
+
+    async def release(self, hold: Hold | None) -> None:
+        if hold is None or hold.done:
+            return
+        hold.done = True
+        await asyncio.shield(self._release(hold))
+
+    async def _release(self, hold: Hold) -> None:
+        for group in hold.groups:
+            try:
+                await self.store.release(hold.reservation_id, group)
+            except StateUnavailable:
+                self.metrics.state_errors.labels("release").inc()
+
+
+def _amount(unit: Unit, tokens: int, usd: int) -> int:
+    return {"tokens": tokens, "usd": usd, "requests": 1}[unit]
+
+
+def _bounds_tokens(budgets: BudgetSettings, rates: RateLimitSettings) -> bool:
+    return any(v is not None for v in (budgets.tokens_per_day, budgets.tokens_per_month, budgets.usd_per_day,
+                                       budgets.usd_per_month, rates.tokens_per_minute))
+
+
+def _route_bounds(route: RouteSettings) -> bool:
+    return route.budget.tokens_per_day is not None or route.budget.usd_per_day is not None

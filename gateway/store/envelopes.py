@@ -1,0 +1,536 @@
+"""Envelopes to the ledger: off the hot path, in batches, journaled while the database is away.
+
+`submit()` is all the request path does: a deque append (or, when the queue is full, one buffered
+line to the journal). A single writer task takes batches of up to `batch_size`, or whatever came
+within `flush_interval_s`, and inserts each in one transaction with ON CONFLICT (envelope_id) DO
+NOTHING, so a batch sent twice (a lost commit acknowledgement, a journal replayed by two paths)
+lands once.
+
+When the ledger fails, the batch goes to the journal (fsync'd) and the writer turns degraded: later
+batches go straight to the journal, and every `retry_interval_s` it pings the ledger; once that
+answers, it replays the journal (its own files and those of dead processes) and writes directly
+again. A row the database itself rejects (a constraint, a bad value) is not an outage: it is set
+aside in the journal's `.rejected` file with the reason, and the rest of its batch goes in.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import time
+import uuid
+from collections import deque
+from collections.abc import Mapping
+from datetime import UTC, date, datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import orjson
+from sqlalchemy import exc
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+from sqlalchemy.sql.dml import Insert
+
+from gateway.store.journal import Journal, encode
+from gateway.store.ledger import Ledger, LedgerUnavailable
+from gateway.store.schema import envelopes
+
+log = logging.getLogger("gateway.store.envelopes")
+
+# How often a healthy writer looks for journal files that dead processes left behind.
+SWEEP_INTERVAL_S = 60.0
+PING_TIMEOUT_S = 1.0
+
+ENVELOPE_KEYS: tuple[str, ...] = tuple(c.name for c in envelopes.columns if c.name != "id")
+_TEXT = (
+    "tenant", "key_id", "route", "feature", "template_id", "template_version", "template_hash",
+    "model_requested", "model_served", "provider", "cache_status", "error_type", "request_body", "response_body",
+)  # fmt: skip
+_INT32 = ("prompt_tokens", "completion_tokens", "cached_tokens", "cache_saved_tokens", "status")
+_INT64 = ("cost_picousd", "cache_saved_picousd")
+_FLOAT = ("latency_ms", "ttft_ms")
+_BOOL = ("stream", "usage_reported")
+_JSON = ("attempts", "safety_flags")
+_RANGE = {32: (-(2**31), 2**31 - 1), 64: (-(2**63), 2**63 - 1)}
+
+
+class EnvelopeRejected(ValueError):
+    """An envelope that cannot become a row (a missing request id, a value of the wrong kind)."""
+
+
+def _to_int(name: str, v: Any, bits: int) -> int:
+    if v is None:
+        return 0
+    if isinstance(v, bool):
+        n = int(v)
+    elif isinstance(v, int):
+        n = v
+    elif isinstance(v, float | Decimal):
+        if not math.isfinite(v):
+            raise EnvelopeRejected(f"{name}: {v} is not a finite number")
+        n = round(v)
+    elif isinstance(v, str):
+        try:
+            n = int(Decimal(v.strip()).to_integral_value())
+        except ArithmeticError as e:
+            raise EnvelopeRejected(f"{name}: {v[:40]!r} is not a number") from e
+    else:
+        raise EnvelopeRejected(f"{name}: {type(v).__name__} is not a number")
+    lo, hi = _RANGE[bits]
+    if not lo <= n <= hi:
+        raise EnvelopeRejected(f"{name}: {n} is out of range")
+    return n
+
+
+def _to_float(name: str, v: Any) -> float | None:
+    if v is None:
+        return None
+    try:
+        f = float(v)
+    except (TypeError, ValueError) as e:
+        raise EnvelopeRejected(f"{name}: {str(v)[:40]!r} is not a number") from e
+    return f if math.isfinite(f) else None
+
+
+def _to_text(v: Any) -> str | None:
+    if v is None:
+        return None
+    s = v if isinstance(v, str) else str(v)
+    # PostgreSQL text cannot hold NUL; one in a prompt must not cost the whole envelope.
+    return s.replace("\x00", "\ufffd") if "\x00" in s else s
+
+
+def _to_bool(v: Any) -> bool:
+    if isinstance(v, str):
+        return v.strip().lower() in ("1", "true", "yes", "on")
+    return bool(v)
+
+
+def _to_json(v: Any) -> Any:
+    if v is None:
+        return None
+    if isinstance(v, str):  # already serialized by the caller (or a journal of an older version)
+        try:
+            return orjson.loads(v)
+        except ValueError:
+            return v
+    # Through the journal's encoder and back: a value the database's JSON encoder would choke on (a
+    # set, a Decimal, a datetime) must not fail a whole batch and pass for an outage.
+    return orjson.loads(encode(v))
+
+
+def _to_datetime(v: Any) -> datetime:
+    if v is None:
+        return datetime.now(UTC)
+    if isinstance(v, datetime):
+        dt = v
+    elif isinstance(v, int | float) and not isinstance(v, bool):
+        try:
+            return datetime.fromtimestamp(v, UTC)
+        except (OverflowError, OSError, ValueError) as e:
+            raise EnvelopeRejected(f"created_at: {v} is not an epoch time") from e
+    elif isinstance(v, str):
+        try:
+            dt = datetime.fromisoformat(v)
+        except ValueError as e:
+            raise EnvelopeRejected(f"created_at: {v[:40]!r} is not an ISO time") from e
+    else:
+        raise EnvelopeRejected(f"created_at: {type(v).__name__} is not a time")
+    # A naive time is taken as UTC (what the gateway means everywhere) rather than rejected.
+    return dt.replace(tzinfo=UTC) if dt.tzinfo is None else dt.astimezone(UTC)
+
+
+def normalize_envelope(env: Mapping[str, Any]) -> dict[str, Any]:
+    """The row for `env`: every column present, each of its column's kind. Raises EnvelopeRejected.
+
+    `day` is always derived from `created_at` (UTC) so the two can never disagree; unknown keys
+    are dropped.
+    """
+    eid = env.get("envelope_id")
+    rid = env.get("request_id")
+    if not eid:
+        raise EnvelopeRejected("envelope_id missing")
+    if rid is None or rid == "":
+        raise EnvelopeRejected("request_id missing")
+    created = _to_datetime(env.get("created_at"))
+    row: dict[str, Any] = {
+        "envelope_id": str(eid),
+        "request_id": _to_text(rid),
+        "created_at": created,
+        "day": created.date(),
+    }
+    for k in _TEXT:
+        row[k] = _to_text(env.get(k))
+    for k in _INT32:
+        row[k] = _to_int(k, env.get(k), 32)
+    for k in _INT64:
+        row[k] = _to_int(k, env.get(k), 64)
+    for k in _FLOAT:
+        row[k] = _to_float(k, env.get(k))
+    for k in _BOOL:
+        row[k] = _to_bool(env.get(k))
+    for k in _JSON:
+        row[k] = _to_json(env.get(k))
+    return row
+
+
+def _rejected_by_database(e: BaseException) -> bool:
+    """True when the database answered and refused the data (not an outage): retrying will not help."""
+    cause = e.__cause__ if isinstance(e, LedgerUnavailable) else e
+    if isinstance(cause, exc.IntegrityError | exc.DataError):
+        return True
+    state = getattr(getattr(cause, "orig", None), "sqlstate", None)
+    # SQLSTATE class 22 is "data exception", 23 "integrity constraint violation".
+    return isinstance(state, str) and state[:2] in ("22", "23")
+
+
+def _jsonable(row: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: (v.isoformat() if isinstance(v, datetime | date) else v) for k, v in row.items()}
+
+
+class EnvelopeWriter:
+    """The ledger's envelope writer: one per process, started in the app's lifespan."""
+
+    def __init__(
+        self,
+        ledger: Ledger,
+        journal_dir: Path,
+        *,
+        queue_size: int = 10_000,
+        batch_size: int = 256,
+        flush_interval_s: float = 0.2,
+        retry_interval_s: float = 1.0,
+    ) -> None:
+        if queue_size < 1 or batch_size < 1:
+            raise ValueError("queue_size and batch_size must be positive")
+        self._ledger = ledger
+        self.journal = Journal(journal_dir)
+        self._queue_size = queue_size
+        self._batch_size = batch_size
+        self._flush_interval = flush_interval_s
+        self._retry_interval = retry_interval_s
+        self._buf: deque[dict[str, Any]] = deque()
+        self._wake = asyncio.Event()
+        self._progress = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._stmt: Insert | None = None
+        self._submitted = 0  # envelopes put in the queue
+        self._settled = 0  # of those, now in the database, the journal or the rejected file
+        self._flushing = 0
+        self._closing = False
+        self._closed = False
+        self._degraded = False
+        self._next_retry = 0.0
+        self._next_sweep = 0.0
+        self._last_overflow_log = self._last_fail_log = float("-inf")
+        self._written = self._journaled = self._replayed = self._db_errors = self._rejected = 0
+        self._overflowed = 0
+
+    # -- the hot path ------------------------------------------------------------------------------
+
+    def submit(self, envelope: dict[str, Any]) -> None:
+        """Hand an envelope over; never blocks on the database, never raises."""
+        try:
+            if not envelope.get("envelope_id"):
+                # Assigned before the first write attempt, so every retry and replay carries it.
+                envelope = {**envelope, "envelope_id": uuid.uuid4().hex}
+            if self._closed or len(self._buf) >= self._queue_size:
+                self._overflow(envelope)
+                return
+            self._buf.append(envelope)
+            self._submitted += 1
+            n = len(self._buf)
+            if n == 1 or n >= self._batch_size:
+                self._wake.set()
+        except Exception:
+            log.exception("envelope submit failed")
+
+    def _overflow(self, envelope: dict[str, Any]) -> None:
+        try:
+            self.journal.append_nowait(envelope)
+        except Exception as e:
+            if self._closed:
+                log.critical("envelope after shutdown and journal unwritable: lost (%s)", e)
+                return
+            # The disk refused too: keep it in memory past the bound rather than lose it.
+            log.error("envelope queue full and journal unwritable (%s): keeping it in memory", e)
+            self._buf.append(envelope)
+            self._submitted += 1
+            self._wake.set()
+            return
+        self._journaled += 1
+        self._overflowed += 1
+        now = time.monotonic()
+        if now - self._last_overflow_log > 10.0:
+            self._last_overflow_log = now
+            log.warning("envelope queue full (%d): overflowing to the journal", self._queue_size)
+        if self._closed:
+            self.journal.close()  # nobody will replay it in this process: release it now
+        elif self._task is not None:
+            self._wake.set()  # so the writer replays it soon
+
+    # -- lifecycle ---------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Replay journal files left behind (by this or a dead process), then start the writer task.
+
+        A ledger that is down does not fail start(): the writer starts degraded and retries.
+        """
+        if self._task is not None:
+            return
+        loop = asyncio.get_running_loop()
+        self._next_sweep = loop.time() + SWEEP_INTERVAL_S
+        if not await self._replay(own_only=False):
+            self._enter_degraded("the journal replay at start failed")
+        self._task = loop.create_task(self._run(), name="gateway-envelope-writer")
+        self._task.add_done_callback(self._writer_done)
+
+    async def flush(self) -> None:
+        """Return once everything submitted so far is in the database or (fsync'd) in the journal."""
+        target = self._submitted
+        if self._settled < target:
+            if self._task is None:
+                raise RuntimeError("EnvelopeWriter.flush() before start()")
+            self._flushing += 1
+            try:
+                self._wake.set()
+                while self._settled < target and not self._task.done():
+                    self._progress.clear()
+                    await self._progress.wait()
+            finally:
+                self._flushing -= 1
+        await self.journal.sync()
+
+    async def aclose(self) -> None:
+        """Drain the queue (to the database, or the journal if it is down), stop, release the journal."""
+        if self._closed:
+            return
+        self._closing = True
+        self._wake.set()
+        task = self._task
+        if task is not None:
+            # The writer exits once the queue is empty; a cancelled aclose() still lets it finish.
+            await asyncio.shield(task)
+        elif self._buf:
+            # Never started: nothing to write with, so everything goes to the journal.
+            await self._journal_rows(await self._normalize(list(self._buf)))
+            self._buf.clear()
+        self._closed = True
+        await asyncio.to_thread(self.journal.close)
+
+    @property
+    def stats(self) -> dict[str, Any]:
+        return {
+            "queued": len(self._buf),
+            "written": self._written,
+            "journaled": self._journaled,
+            "replayed": self._replayed,
+            "db_errors": self._db_errors,
+            "degraded": self._degraded,
+            "overflowed": self._overflowed,
+            "rejected": self._rejected,
+        }
+
+    # -- the writer task ---------------------------------------------------------------------------
+
+    def _writer_done(self, task: asyncio.Task[None]) -> None:
+        self._progress.set()  # wakes flush() waiters if the writer ever ends
+        if not task.cancelled() and task.exception() is not None:
+            log.error("envelope writer stopped", exc_info=task.exception())
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                batch = await self._next_batch()
+                if batch:
+                    await self._persist(batch)
+                if self._closing and not self._buf:
+                    await self._final_replay()
+                    return
+                await self._maintain()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                # Not expected (database errors are handled below): keep the writer alive.
+                log.exception("envelope writer error")
+                await asyncio.sleep(self._retry_interval)
+
+    def _urgent(self) -> bool:
+        return self._closing or self._flushing > 0
+
+    def _idle_timeout(self) -> float | None:
+        now = asyncio.get_running_loop().time()
+        if self._degraded:
+            return max(0.0, self._next_retry - now)
+        if self.journal.pending:
+            return self._flush_interval
+        return max(0.0, self._next_sweep - now)
+
+    async def _wait_wake(self, wait_s: float | None) -> bool:
+        self._wake.clear()
+        try:
+            async with asyncio.timeout(wait_s):
+                await self._wake.wait()
+        except TimeoutError:
+            return False
+        return True
+
+    async def _next_batch(self) -> list[dict[str, Any]]:
+        buf = self._buf
+        if not buf:
+            if self._closing or not await self._wait_wake(self._idle_timeout()) or not buf:
+                return []
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._flush_interval
+        while len(buf) < self._batch_size and not self._urgent():
+            remaining = deadline - loop.time()
+            if remaining <= 0 or not await self._wait_wake(remaining):
+                break
+        return [buf.popleft() for _ in range(min(self._batch_size, len(buf)))]
+
+    async def _normalize(self, batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        rows: list[dict[str, Any]] = []
+        bad: list[dict[str, Any]] = []
+        for env in batch:
+            try:
+                rows.append(normalize_envelope(env))
+            except Exception as e:
+                bad.append({"reason": str(e), "envelope": env})
+        if bad:
+            self._rejected += len(bad)
+            log.error("%d envelopes rejected (kept in the journal's .rejected file): %s", len(bad), bad[0]["reason"])
+            await asyncio.to_thread(self.journal.reject, bad)
+        return rows
+
+    async def _persist(self, batch: list[dict[str, Any]]) -> None:
+        try:
+            rows = await self._normalize(batch)
+            if not self._degraded:
+                try:
+                    self._written += await self._insert(rows)
+                    return
+                except Exception as e:
+                    self._db_errors += 1
+                    self._enter_degraded(e)
+            await self._journal_rows(rows)
+        finally:
+            self._settled += len(batch)
+            self._progress.set()
+
+    async def _journal_rows(self, rows: list[dict[str, Any]]) -> None:
+        if not rows:
+            return
+        lines = [_jsonable(r) for r in rows]
+        while True:
+            try:
+                await self.journal.append(lines)
+                self._journaled += len(rows)
+                return
+            except OSError as e:
+                if self._closing:
+                    log.critical("ledger down and journal unwritable at shutdown: %d envelopes lost: %s", len(rows), e)
+                    return
+                log.error("journal unwritable (%s): holding %d envelopes, retrying", e, len(rows))
+            await asyncio.sleep(self._retry_interval)
+            if await self._ledger.ping(PING_TIMEOUT_S):
+                with contextlib.suppress(Exception):
+                    self._written += await self._insert(rows)
+                    return
+
+    async def _maintain(self) -> None:
+        now = asyncio.get_running_loop().time()
+        if self._degraded:
+            if now >= self._next_retry:
+                await self._recover()
+        elif now >= self._next_sweep:
+            await self._replay(own_only=False)
+        elif self.journal.pending:
+            await self._replay(own_only=True)
+
+    async def _recover(self) -> None:
+        self._next_retry = asyncio.get_running_loop().time() + self._retry_interval
+        if not await self._ledger.ping(PING_TIMEOUT_S):
+            return
+        if await self._replay(own_only=False):
+            self._degraded = False
+            log.info("ledger back: journal replayed, writing envelopes directly again")
+
+    async def _final_replay(self) -> None:
+        # At shutdown with the ledger up, lines that overflowed earlier go in now rather than wait
+        # for the next start; if it fails they stay in the journal for that.
+        if not self._degraded and self.journal.pending:
+            await self._replay(own_only=True)
+
+    async def _replay(self, *, own_only: bool) -> bool:
+        try:
+            await self.journal.replay(self._insert_replayed, batch_size=self._batch_size, own_only=own_only)
+        except Exception as e:
+            self._db_errors += 1
+            now = time.monotonic()
+            if self._degraded and now - self._last_fail_log > SWEEP_INTERVAL_S:
+                # Still failing while the ledger answers pings (not migrated? permissions?): say so.
+                self._last_fail_log = now
+                log.warning("journal replay failed, envelopes stay journaled: %s", e)
+            self._enter_degraded(e)
+            return False
+        if not own_only:
+            self._next_sweep = asyncio.get_running_loop().time() + SWEEP_INTERVAL_S
+        return True
+
+    def _enter_degraded(self, why: object) -> None:
+        self._next_retry = asyncio.get_running_loop().time() + self._retry_interval
+        if not self._degraded:
+            self._degraded = True
+            log.warning("ledger unavailable, journaling envelopes until it is back: %s", why)
+
+    # -- inserting ---------------------------------------------------------------------------------
+
+    def _insert_stmt(self) -> Insert:
+        if self._stmt is None:
+            if self._ledger.backend == "postgresql":
+                self._stmt = pg_insert(envelopes).on_conflict_do_nothing(index_elements=["envelope_id"])
+            elif self._ledger.backend == "sqlite":
+                self._stmt = sqlite_insert(envelopes).on_conflict_do_nothing(index_elements=["envelope_id"])
+            else:
+                raise RuntimeError(f"no idempotent insert for {self._ledger.backend}")
+        return self._stmt
+
+    async def _insert_replayed(self, batch: list[dict[str, Any]]) -> None:
+        self._replayed += await self._insert(await self._normalize(batch))
+
+    async def _insert(self, rows: list[dict[str, Any]]) -> int:
+        """Insert a batch in one transaction; rows the database refuses are set aside one by one.
+
+        Returns how many rows the ledger now holds (inserted, or already there). Raises LedgerUnavailable
+        when the database is unreachable: nothing of the batch is then known to be in, so the caller
+        journals all of it, and the replay's ON CONFLICT skips whatever was.
+        """
+        if not rows:
+            return 0
+        try:
+            async with self._ledger.write() as conn:
+                await conn.execute(self._insert_stmt(), rows)
+        except LedgerUnavailable as e:
+            if not _rejected_by_database(e):
+                raise
+            return await self._insert_each(rows)
+        return len(rows)
+
+    async def _insert_each(self, rows: list[dict[str, Any]]) -> int:
+        ok = 0
+        for row in rows:
+            try:
+                async with self._ledger.write() as conn:
+                    await conn.execute(self._insert_stmt(), [row])
+            except LedgerUnavailable as e:
+                if not _rejected_by_database(e):
+                    raise
+                self._rejected += 1
+                log.error("envelope %s rejected by the ledger: %s", row["envelope_id"], e)
+                await asyncio.to_thread(self.journal.reject, [{"reason": str(e), "envelope": _jsonable(row)}])
+                continue
+            ok += 1
+        return ok

@@ -1,0 +1,161 @@
+"""The state plane's contract for budgets and rate limits: buckets, decisions and the store protocol.
+
+A request draws on several counters at once (a tenant's day and month token and dollar budgets,
+its requests and tokens per minute). `StateStore.reserve` checks and holds all of them in one
+atomic step, `settle` replaces the hold with what was really used, `release` gives it back. The
+memory and Redis back ends implement the same semantics; the time arithmetic they share lives in
+`periods`, so neither can drift from the other.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Literal, Protocol
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+# Period buckets are compared exactly in Redis (as decimal strings) and counted with INCRBY, so
+# int64 is the bound; 2**62 leaves room for settlements above the limit (4.6e18 pico-dollars is
+# USD 4.6M). Window buckets are weighted in Lua doubles: prev * 60_000 + cur * 60_000 must stay
+# below 2**53 to be exact, hence 2**36 (69 billion tokens a minute).
+MAX_PERIOD_UNITS = 2**62
+MAX_WINDOW_UNITS = 2**36
+# Record fields for metadata start with "~", so bucket keys must not.
+_RESERVED_KEY_START = "~"
+
+
+@dataclass(frozen=True, slots=True)
+class Bucket:
+    key: str  # the counter's identity without prefix or period, e.g. "tenant:acme:tokens:day"
+    hash_tag: str  # shared by all buckets of one call: Redis keys become "gw:{<hash_tag>}:..." (one cluster slot)
+    limit: int  # units allowed per period/window
+    kind: Literal["period", "window"]  # calendar budget (UTC day or month) | sliding 60 s rate limit
+    period: Literal["day", "month", "minute"]
+    amount: int  # units this request reserves (>= 0)
+    name: str  # for errors and headers: "tokens_per_day", "usd_per_month", "requests_per_minute", ...
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    ok: bool
+    failed: Bucket | None  # the first bucket that did not fit
+    # When the failed bucket will have room; None when it never will (amount > limit) or when ok.
+    retry_after_s: float | None
+    remaining: dict[str, int]  # bucket.name -> units left after this reservation (before it, when refused)
+    reset_s: dict[str, float]  # bucket.name -> seconds until its current minute/day/month ends
+
+
+class StateUnavailable(Exception):
+    """The state back end could not be reached or failed the operation (refused, timed out, broken)."""
+
+
+class StateStore(Protocol):
+    async def reserve(
+        self, reservation_id: str, buckets: Sequence[Bucket], ttl_s: float, now: float | None = None
+    ) -> Decision:
+        """One atomic step over all buckets (one hash_tag, else ValueError): purge expired holds,
+        then hold every amount (expiring after ttl_s) if all fit, else change nothing.
+
+        Repeating a reserve whose hold is still live returns ok without holding twice (so a
+        retried call is safe); reusing a settled or released id raises ValueError."""
+        ...
+
+    async def settle(
+        self, reservation_id: str, buckets: Sequence[Bucket], actual: Mapping[str, int], now: float | None = None
+    ) -> None:
+        """Replace the hold with actual usage (name -> units; a missing name keeps the reserved amount)
+        in the period/window it was reserved in. Idempotent; an expired hold still records the usage."""
+        ...
+
+    async def release(self, reservation_id: str, buckets: Sequence[Bucket], now: float | None = None) -> None:
+        """Nothing was used: drop the hold. Idempotent, and a no-op after settle."""
+        ...
+
+    async def usage(self, buckets: Sequence[Bucket], now: float | None = None) -> dict[str, int]:
+        """name -> settled + held units now (a window's weighted estimate, rounded up)."""
+        ...
+
+    async def ping(self) -> bool:
+        """True when the back end answers; never raises."""
+        ...
+
+    async def aclose(self) -> None: ...
+
+
+def check_buckets(buckets: Sequence[Bucket]) -> str:
+    """Validate one call's buckets and return their shared hash tag ("" for none).
+
+    Both back ends run this before touching anything, so bad input fails the same way on both."""
+    if not buckets:
+        return ""
+    tag = buckets[0].hash_tag
+    if not tag or "{" in tag or "}" in tag:
+        # An empty or braced tag would let Redis Cluster hash each key on its own: keys in many slots.
+        raise ValueError(f"bucket {buckets[0].name!r}: hash_tag must be non-empty and without braces, got {tag!r}")
+    names: set[str] = set()
+    keys: set[str] = set()
+    for b in buckets:
+        if b.hash_tag != tag:
+            raise ValueError(f"buckets of one call must share a hash_tag: {tag!r} and {b.hash_tag!r} ({b.name!r})")
+        if not b.key or b.key.startswith(_RESERVED_KEY_START):
+            raise ValueError(f"bucket {b.name!r}: key must be non-empty and not start with '~', got {b.key!r}")
+        if b.name in names or b.key in keys:
+            raise ValueError(f"bucket {b.name!r}: names and keys must be unique within one call")
+        names.add(b.name)
+        keys.add(b.key)
+        if b.kind == "period":
+            if b.period not in ("day", "month"):
+                raise ValueError(f"bucket {b.name!r}: a period bucket counts per 'day' or 'month', not {b.period!r}")
+            bound = MAX_PERIOD_UNITS
+        elif b.kind == "window":
+            if b.period != "minute":
+                raise ValueError(f"bucket {b.name!r}: a window bucket counts per 'minute', not {b.period!r}")
+            bound = MAX_WINDOW_UNITS
+        else:
+            raise ValueError(f"bucket {b.name!r}: kind must be 'period' or 'window', not {b.kind!r}")
+        # bool is an int; a True limit is a bug, not a limit of one.
+        if type(b.limit) is not int or not 0 <= b.limit <= bound:
+            raise ValueError(f"bucket {b.name!r}: limit must be an int in [0, {bound}], got {b.limit!r}")
+        if type(b.amount) is not int or not 0 <= b.amount <= bound:
+            raise ValueError(f"bucket {b.name!r}: amount must be an int in [0, {bound}], got {b.amount!r}")
+    return tag
+
+
+def check_actual(buckets: Sequence[Bucket], actual: Mapping[str, int]) -> None:
+    for b in buckets:
+        v = actual.get(b.name)
+        if v is None:
+            continue
+        bound = MAX_PERIOD_UNITS if b.kind == "period" else MAX_WINDOW_UNITS
+        if type(v) is not int or not 0 <= v <= bound:
+            raise ValueError(f"actual[{b.name!r}] must be an int in [0, {bound}], got {v!r}")
+
+
+def check_reserve_args(reservation_id: str, ttl_s: float) -> None:
+    if not reservation_id:
+        raise ValueError("reservation_id must be non-empty")
+    if not (isinstance(ttl_s, int | float) and math.isfinite(ttl_s) and ttl_s > 0):
+        raise ValueError(f"ttl_s must be a finite number > 0, got {ttl_s!r}")
+
+
+def state_store_from_url(url: str) -> StateStore:
+    """ "memory" -> the in-process store; "redis://..." / "rediss://..." -> the shared Redis store.
+
+    A `key_prefix` query parameter (default "gw:") lets several deployments or test runs share one
+    Redis without sharing counters: redis://host:6379/0?key_prefix=staging:"""
+    if url in ("memory", "memory://"):
+        from gateway.store.state.memory import MemoryStateStore
+
+        return MemoryStateStore()
+    if url.startswith(("redis://", "rediss://")):
+        from gateway.store.state.redis import RedisStateStore
+
+        parts = urlsplit(url)
+        query = parse_qsl(parts.query, keep_blank_values=True)
+        prefixes = [v for k, v in query if k == "key_prefix"]
+        if not prefixes:
+            return RedisStateStore(url)
+        rest = urlunsplit(parts._replace(query=urlencode([(k, v) for k, v in query if k != "key_prefix"])))
+        return RedisStateStore(rest, prefix=prefixes[-1])
+    raise ValueError(f"unsupported state URL {url.split('://')[0]!r} (use 'memory' or redis://)")

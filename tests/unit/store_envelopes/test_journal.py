@@ -1,0 +1,242 @@
+"""The journal on its own: appends, replay, torn lines, and who may replay which file."""
+
+import asyncio
+import json
+import logging
+import os
+import stat
+import sys
+import textwrap
+from datetime import UTC, date, datetime
+from decimal import Decimal
+
+import pytest
+
+from gateway.store.journal import REJECTED_SUFFIX, SUFFIX, Journal
+
+
+class Sink:
+    """An insert callback that records batches, and can be told to fail."""
+
+    def __init__(self, fail_after: int | None = None) -> None:
+        self.batches: list[list[dict]] = []
+        self.fail_after = fail_after
+
+    async def __call__(self, batch: list[dict]) -> None:
+        if self.fail_after is not None and len(self.batches) >= self.fail_after:
+            raise ConnectionError("ledger down")
+        self.batches.append(batch)
+
+    @property
+    def rows(self) -> list[dict]:
+        return [r for b in self.batches for r in b]
+
+
+def _jsonl(d) -> list:
+    return sorted(d.glob(f"*{SUFFIX}"))
+
+
+def _env(i: int, **kw) -> dict:
+    return {"envelope_id": f"e{i:04d}", "request_id": f"r{i}", **kw}
+
+
+async def test_append_writes_fsynced_json_lines_in_a_private_directory(tmp_path):
+    d = tmp_path / "journal"
+    j = Journal(d)
+    assert not d.exists(), "nothing is created until something must be written"
+    when = datetime(2025, 3, 4, 5, 6, 7, 890000, tzinfo=UTC)
+    await j.append([_env(1, created_at=when, day=date(2025, 3, 4), cost=Decimal("1.5"), attempts=[{"a": 1}])])
+    await j.append([_env(2), _env(3)])
+    assert stat.S_IMODE(d.stat().st_mode) == 0o700
+    (path,) = _jsonl(d)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    host, pid = path.name.split("-")[0], path.name.split("-")[-3]
+    assert pid == str(os.getpid()) and host
+    lines = path.read_text().splitlines()
+    assert len(lines) == 3
+    first = json.loads(lines[0])
+    assert first["created_at"] == "2025-03-04T05:06:07.890000+00:00"
+    assert first["day"] == "2025-03-04"
+    assert first["cost"] == "1.5" and first["attempts"] == [{"a": 1}]
+    assert j.pending
+    j.close()
+
+
+async def test_replay_hands_back_everything_in_batches_and_deletes_the_file(tmp_path):
+    j = Journal(tmp_path)
+    await j.append([_env(i) for i in range(10)])
+    j.append_nowait(_env(10))
+    await j.sync()
+    sink = Sink()
+    res = await j.replay(sink, batch_size=4)
+    assert [len(b) for b in sink.batches] == [4, 4, 3]
+    assert [r["envelope_id"] for r in sink.rows] == [f"e{i:04d}" for i in range(11)]
+    assert (res.envelopes, res.files, res.skipped_lines) == (11, 1, 0)
+    assert _jsonl(tmp_path) == [] and not j.pending
+    # Appends after a replay go to a new file, which a second replay takes.
+    await j.append([_env(99)])
+    assert len(_jsonl(tmp_path)) == 1
+    sink2 = Sink()
+    await j.replay(sink2)
+    assert [r["envelope_id"] for r in sink2.rows] == ["e0099"]
+    j.close()
+    assert _jsonl(tmp_path) == []
+
+
+async def test_a_failed_insert_keeps_the_file_for_the_next_replay(tmp_path):
+    j = Journal(tmp_path)
+    await j.append([_env(i) for i in range(6)])
+    with pytest.raises(ConnectionError):
+        await j.replay(Sink(fail_after=1), batch_size=3)
+    assert len(_jsonl(tmp_path)) == 1 and j.pending
+    # Lines appended meanwhile go to a fresh file; the next replay takes both, the old one first.
+    await j.append([_env(6)])
+    sink = Sink()
+    res = await j.replay(sink, batch_size=3)
+    assert [r["envelope_id"] for r in sink.rows] == [f"e{i:04d}" for i in range(7)]
+    assert res.files == 2 and _jsonl(tmp_path) == []
+    j.close()
+
+
+async def test_close_keeps_unreplayed_lines_and_drops_empty_files(tmp_path):
+    j = Journal(tmp_path)
+    await j.append([_env(1)])
+    j.close()
+    assert len(_jsonl(tmp_path)) == 1
+    other = Journal(tmp_path)
+    sink = Sink()
+    await other.replay(sink)
+    assert [r["envelope_id"] for r in sink.rows] == ["e0001"]
+    other.close()
+    assert list(tmp_path.iterdir()) == []
+
+
+async def test_a_torn_last_line_is_skipped_with_a_warning_and_kept_aside(tmp_path, caplog):
+    dead = tmp_path / f"deadhost-4242-1700000000000-0001{SUFFIX}"
+    good = [json.dumps(_env(i)) for i in range(3)]
+    dead.write_text("\n".join(good) + '\n{"envelope_id": "e0003", "request_id": "r')
+    j = Journal(tmp_path)
+    sink = Sink()
+    with caplog.at_level(logging.WARNING, logger="gateway.store.journal"):
+        res = await j.replay(sink)
+    assert [r["envelope_id"] for r in sink.rows] == ["e0000", "e0001", "e0002"]
+    assert res.skipped_lines == 1
+    assert any("torn last line" in r.getMessage() for r in caplog.records)
+    assert not dead.exists()
+    (rejected,) = tmp_path.glob(f"*{REJECTED_SUFFIX}")
+    kept = json.loads(rejected.read_text())
+    assert kept["raw"].startswith('{"envelope_id": "e0003"') and "torn" in kept["reason"]
+    j.close()
+
+
+async def test_a_garbled_middle_line_does_not_stop_the_rest(tmp_path):
+    f = tmp_path / f"x-1-1-0001{SUFFIX}"
+    f.write_text(json.dumps(_env(1)) + "\nnot json at all\n[1, 2]\n\n" + json.dumps(_env(2)) + "\n")
+    j = Journal(tmp_path)
+    sink = Sink()
+    res = await j.replay(sink)
+    assert [r["envelope_id"] for r in sink.rows] == ["e0001", "e0002"]
+    assert res.skipped_lines == 2
+    j.close()
+
+
+async def test_a_live_journals_file_is_not_taken_but_a_released_one_is(tmp_path):
+    live = Journal(tmp_path)
+    await live.append([_env(1)])
+    replayer = Journal(tmp_path)
+    sink = Sink()
+    await replayer.replay(sink)
+    assert sink.rows == [] and len(_jsonl(tmp_path)) == 1, "the owner is alive: its lock says so"
+    # own_only never looks at other files at all.
+    await replayer.replay(sink, own_only=True)
+    assert sink.rows == []
+    live.close()  # the owner goes away (as if it died): its lock goes with it
+    await replayer.replay(sink)
+    assert [r["envelope_id"] for r in sink.rows] == ["e0001"]
+    assert _jsonl(tmp_path) == []
+    replayer.close()
+
+
+_HOLDER = textwrap.dedent(
+    """
+    import asyncio, sys
+    from pathlib import Path
+    from gateway.store.journal import Journal
+
+    async def main():
+        j = Journal(Path(sys.argv[1]))
+        await j.append([{"envelope_id": "from-child", "request_id": "r"}])
+        print("ready", flush=True)
+        sys.stdin.readline()  # hold the lock until told (or killed)
+
+    asyncio.run(main())
+    """
+)
+
+
+async def test_another_process_keeps_its_file_while_alive_and_loses_it_when_killed(tmp_path):
+    child = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        _HOLDER,
+        str(tmp_path),
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        cwd=os.getcwd(),
+    )
+    try:
+        assert child.stdout is not None
+        assert (await asyncio.wait_for(child.stdout.readline(), 30)).strip() == b"ready"
+        j = Journal(tmp_path)
+        sink = Sink()
+        await j.replay(sink)
+        assert sink.rows == [] and len(_jsonl(tmp_path)) == 1
+        child.kill()  # SIGKILL: no cleanup runs, the file stays behind
+        await asyncio.wait_for(child.wait(), 10)
+        await j.replay(sink)
+        assert [r["envelope_id"] for r in sink.rows] == ["from-child"]
+        assert _jsonl(tmp_path) == []
+        j.close()
+    finally:
+        if child.returncode is None:
+            child.kill()
+            await child.wait()
+
+
+async def test_two_replayers_never_replay_the_same_file(tmp_path):
+    for n in range(5):
+        (tmp_path / f"dead-{n}-1-0001{SUFFIX}").write_text(
+            "".join(json.dumps(_env(n * 100 + i)) + "\n" for i in range(50))
+        )
+    a, b = Journal(tmp_path), Journal(tmp_path)
+    sa, sb = Sink(), Sink()
+    await asyncio.gather(a.replay(sa, batch_size=7), b.replay(sb, batch_size=7))
+    ids = [r["envelope_id"] for r in sa.rows + sb.rows]
+    assert len(ids) == 250 and len(set(ids)) == 250
+    assert _jsonl(tmp_path) == []
+    a.close()
+    b.close()
+
+
+async def test_replayers_running_between_appends_never_take_a_live_file(tmp_path):
+    j = Journal(tmp_path)
+    for i in range(20):
+        j.append_nowait(_env(i))
+        await Journal(tmp_path).replay(Sink())  # never takes j's file: it is locked
+        assert j.own_paths()[-1].exists()
+    sink = Sink()
+    await j.replay(sink)
+    assert len(sink.rows) == 20
+    j.close()
+
+
+async def test_anything_in_a_dict_can_be_journaled(tmp_path):
+    j = Journal(tmp_path)
+    j.append_nowait(_env(1, huge=2**70, when=datetime(2025, 1, 1, tzinfo=UTC), tags={"x"}, obj=object()))
+    sink = Sink()
+    await j.replay(sink)
+    (got,) = sink.rows
+    # Past 64 bits the line is written by the fallback encoder; reading it back gives a float.
+    assert got["huge"] == float(2**70) and got["when"] == "2025-01-01T00:00:00+00:00" and got["tags"] == ["x"]
+    assert got["obj"].startswith("<object object")
+    j.close()

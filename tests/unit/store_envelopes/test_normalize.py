@@ -1,0 +1,97 @@
+"""normalize_envelope: what the writer accepts and the row it makes of it."""
+
+from datetime import UTC, date, datetime, timedelta, timezone
+from decimal import Decimal
+
+import pytest
+
+from gateway.store.envelopes import ENVELOPE_KEYS, EnvelopeRejected, normalize_envelope
+from gateway.store.schema import envelopes
+
+
+def test_every_column_but_the_key_is_filled_with_its_default():
+    row = normalize_envelope({"envelope_id": "e1", "request_id": "r1", "created_at": 0})
+    assert set(row) == set(ENVELOPE_KEYS) == {c.name for c in envelopes.columns} - {"id"}
+    assert row["created_at"] == datetime(1970, 1, 1, tzinfo=UTC) and row["day"] == date(1970, 1, 1)
+    assert row["prompt_tokens"] == row["cost_picousd"] == row["cache_saved_picousd"] == row["status"] == 0
+    assert row["stream"] is False and row["usage_reported"] is False
+    assert row["tenant"] is None and row["attempts"] is None and row["latency_ms"] is None
+
+
+def test_created_at_forms_all_become_aware_utc_and_day_follows_it():
+    east = timezone(timedelta(hours=9))
+    for value in (
+        datetime(2025, 1, 2, 8, 30, tzinfo=east),  # 2025-01-01 23:30 UTC: the UTC day counts
+        datetime(2025, 1, 1, 23, 30),  # naive: taken as UTC
+        datetime(2025, 1, 1, 23, 30, tzinfo=UTC).timestamp(),
+        "2025-01-01T23:30:00+00:00",
+        "2025-01-01T23:30:00Z",
+    ):
+        row = normalize_envelope({"envelope_id": "e", "request_id": "r", "created_at": value, "day": "2099-01-01"})
+        assert row["created_at"] == datetime(2025, 1, 1, 23, 30, tzinfo=UTC), value
+        assert row["created_at"].utcoffset() == timedelta(0)
+        assert row["day"] == date(2025, 1, 1), "day is derived, a given one ignored"
+
+
+def test_missing_created_at_is_now():
+    before = datetime.now(UTC)
+    row = normalize_envelope({"envelope_id": "e", "request_id": "r"})
+    assert before <= row["created_at"] <= datetime.now(UTC)
+
+
+def test_values_are_coerced_to_their_column_kinds():
+    row = normalize_envelope(
+        {
+            "envelope_id": "e",
+            "request_id": 42,
+            "template_version": 3,
+            "prompt_tokens": "12",
+            "completion_tokens": 7.0,
+            "cost_picousd": Decimal("123456789012345678"),
+            "cache_saved_picousd": 2**62,
+            "latency_ms": "12.5",
+            "ttft_ms": float("nan"),
+            "stream": 1,
+            "usage_reported": "false",
+            "attempts": '[{"provider": "p"}]',
+            "safety_flags": {"pii": ["email"]},
+            "response_body": "a\x00b",
+            "unknown_key": "dropped",
+        }
+    )
+    assert row["request_id"] == "42" and row["template_version"] == "3"
+    assert row["prompt_tokens"] == 12 and row["completion_tokens"] == 7
+    assert row["cost_picousd"] == 123456789012345678 and row["cache_saved_picousd"] == 2**62
+    assert row["latency_ms"] == 12.5 and row["ttft_ms"] is None
+    assert row["stream"] is True and row["usage_reported"] is False
+    assert row["attempts"] == [{"provider": "p"}] and row["safety_flags"] == {"pii": ["email"]}
+    assert row["response_body"] == "a\ufffdb"
+    assert "unknown_key" not in row
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"request_id": "r"},
+        {"envelope_id": "e"},
+        {"envelope_id": "e", "request_id": ""},
+        {"envelope_id": "e", "request_id": "r", "prompt_tokens": "many"},
+        {"envelope_id": "e", "request_id": "r", "prompt_tokens": 2**31},
+        {"envelope_id": "e", "request_id": "r", "cost_picousd": 2**63},
+        {"envelope_id": "e", "request_id": "r", "cost_picousd": float("inf")},
+        {"envelope_id": "e", "request_id": "r", "created_at": "yesterday"},
+        {"envelope_id": "e", "request_id": "r", "created_at": [2025]},
+        {"envelope_id": "e", "request_id": "r", "latency_ms": "slow"},
+    ],
+)
+def test_what_cannot_become_a_row_is_rejected(bad):
+    with pytest.raises(EnvelopeRejected):
+        normalize_envelope(bad)
+
+
+def test_json_values_become_plain_json():
+    when = datetime(2025, 1, 1, tzinfo=UTC)
+    row = normalize_envelope(
+        {"envelope_id": "e", "request_id": "r", "attempts": [{"at": when, "cost": Decimal("0.5"), "tags": {"a"}}]}
+    )
+    assert row["attempts"] == [{"at": "2025-01-01T00:00:00+00:00", "cost": "0.5", "tags": ["a"]}]

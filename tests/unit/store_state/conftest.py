@@ -1,0 +1,8 @@
+import pytest
+
+from gateway.store.state.memory import MemoryStateStore
+
+
+@pytest.fixture
+def store() -> MemoryStateStore:
+    return MemoryStateStore()

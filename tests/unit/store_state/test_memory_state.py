@@ -1,0 +1,96 @@
+"""The memory state store alone: the shared behaviour, plus what only memory has (bounded tables)."""
+
+import asyncio
+
+from gateway.store.state.memory import MemoryStateStore
+from gateway.store.state.periods import DEFAULT_DONE_TTL_S
+from tests.unit.store_state.behaviour import NOON, TTL, StateStoreBehaviour, bucket
+
+
+class TestMemoryStateStore(StateStoreBehaviour):
+    pass
+
+
+BUCKETS = [
+    bucket("tpd", 10**9, 100),
+    bucket("tokens_month", 10**12, 100, period="month"),
+    bucket("rpm", 10**6, 1, period="minute"),
+    bucket("tpm", 10**9, 100, period="minute"),
+]
+
+
+async def test_old_periods_windows_and_records_are_dropped() -> None:
+    store = MemoryStateStore()
+    for day in range(400):
+        at = NOON + day * 86_400
+        for i in range(5):
+            assert (await store.reserve(f"d{day}-{i}", BUCKETS, TTL, now=at + i)).ok
+            await store.settle(f"d{day}-{i}", BUCKETS, {"tpd": 1}, now=at + i + 1)
+        stats = store.stats()
+        # Today's day and month counters, plus the minute counters still in the window, plus
+        # yesterday's day counter kept an hour past midnight at most; records of the last 5 minutes.
+        assert stats["counters"] <= 8, stats
+        assert stats["records"] <= 5, stats
+        assert stats["holds"] == 0, stats
+        assert stats["gc_entries"] <= 2 * (stats["counters"] + stats["records"]) + 1024
+    assert await store.usage(BUCKETS[:1], now=NOON + 399 * 86_400 + 10) == {"tpd": 5}
+
+
+async def test_abandoned_holds_are_purged_and_their_records_dropped() -> None:
+    store = MemoryStateStore(settle_grace_s=60)
+    for i in range(1000):
+        assert (await store.reserve(f"crash-{i}", BUCKETS, 30, now=NOON + i * 0.01)).ok
+    assert store.stats()["holds"] == 4000
+    assert await store.usage(BUCKETS, now=NOON + 100) == {"tpd": 0, "tokens_month": 0, "rpm": 0, "tpm": 0}
+    assert store.stats()["holds"] == 0
+    # Records live ttl + grace (90 s); each call drops a bounded batch of what expired.
+    for i in range(40):
+        await store.usage(BUCKETS[:1], now=NOON + 200 + i)
+    assert store.stats()["records"] == 0
+
+
+async def test_settled_ids_are_remembered_for_the_done_ttl_only() -> None:
+    store = MemoryStateStore()
+    b = BUCKETS[:1]
+    assert (await store.reserve("r1", b, TTL, now=NOON)).ok
+    await store.settle("r1", b, {"tpd": 5}, now=NOON)
+    await store.settle("r1", b, {"tpd": 5}, now=NOON + DEFAULT_DONE_TTL_S - 1)
+    assert await store.usage(b, now=NOON + DEFAULT_DONE_TTL_S) == {"tpd": 5}
+    assert store.stats()["records"] == 0
+    # Beyond the idempotency window the id is unknown: a settle counts again (money spent, nothing held).
+    await store.settle("r1", b, {"tpd": 5}, now=NOON + DEFAULT_DONE_TTL_S + 1)
+    assert await store.usage(b, now=NOON + DEFAULT_DONE_TTL_S + 1) == {"tpd": 10}
+
+
+async def test_the_gc_heap_is_rebuilt_when_stale_entries_pile_up() -> None:
+    store = MemoryStateStore(settle_grace_s=10**6, done_ttl_s=10**6)
+    b = BUCKETS[:1]
+    for i in range(3000):
+        assert (await store.reserve(f"r{i}", b, 10**6, now=NOON)).ok
+        await store.settle(f"r{i}", b, {}, now=NOON)
+    stats = store.stats()
+    assert stats["records"] == 3000
+    assert stats["gc_entries"] <= 2 * (stats["counters"] + stats["records"]) + 1024
+
+
+async def test_settled_holds_do_not_pile_up_in_a_counter() -> None:
+    store = MemoryStateStore()
+    b = BUCKETS[:1]
+    for i in range(5000):
+        assert (await store.reserve(f"r{i}", b, 3600, now=NOON)).ok
+        await store.settle(f"r{i}", b, {}, now=NOON)
+    (counter,) = (c for k, c in store._counters.items() if k[1] == b[0].key)
+    assert len(counter.holds) == 0 and len(counter.heap) <= 16
+
+
+async def test_concurrent_reserves_are_atomic_without_a_lock() -> None:
+    store = MemoryStateStore()
+    b = [bucket("tpd", 700, 7), bucket("rpm", 10**6, 1, period="minute")]
+    decisions = await asyncio.gather(*(store.reserve(f"r{i}", b, TTL) for i in range(500)))
+    assert sum(d.ok for d in decisions) == 100
+
+
+async def test_ping_and_aclose() -> None:
+    store = MemoryStateStore()
+    assert await store.ping()
+    await store.aclose()
