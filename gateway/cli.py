@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 
 import click
 
+from gateway.netsock import listening_socket
 from gateway.settings import ConfigError, Settings, config_path_from, load_settings
 
 T = TypeVar("T")
@@ -82,20 +83,11 @@ async def _prepare_ledger(settings: Settings, host: str) -> str | None:
 
 
 def _bind(host: str, port: int) -> socket.socket:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    # Accepted connections inherit this: without it a response written in two parts (head, then
-    # body) waits ~40 ms for the client's delayed ACK.
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     try:
-        sock.bind((host, port))
+        return listening_socket(host, port)
     except OSError as e:
         click.echo(f"gateway: cannot listen on {host}:{port}: {e.strerror}", err=True)
         sys.exit(2)
-    sock.listen(2048)
-    sock.set_inheritable(True)
-    return sock
 
 
 @cli.command()

@@ -8,7 +8,8 @@ Low-level failures are mapped to the public error tree here and only here.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator
+import contextlib
+from collections.abc import AsyncGenerator, Iterator
 from typing import Any, NoReturn
 
 import aiohttp
@@ -73,18 +74,12 @@ class HttpProvider(Provider):
 
     async def _post(self, url: str, payload: bytes, timeout_s: float) -> bytes:
         timeout = aiohttp.ClientTimeout(total=timeout_s, sock_connect=min(timeout_s, self.settings.connect_timeout_s))
-        try:
+        with self._mapped_errors(f"did not answer within {timeout_s:g}s", "is unreachable"):
             async with self.session.post(url, data=payload, timeout=timeout) as resp:
                 raw = await resp.read()
                 if resp.status >= 400:
                     self._raise_for(resp.status, raw, resp.headers)
                 return raw
-        except GatewayError:
-            raise
-        except TimeoutError:
-            raise UpstreamTimeout(f"provider '{self.name}' did not answer within {timeout_s:g}s") from None
-        except aiohttp.ClientError as e:
-            raise UpstreamUnavailable(f"provider '{self.name}' is unreachable ({type(e).__name__})") from None
 
     async def chat_stream(self, body: dict[str, Any], model: str, *, timeout_s: float,
                           include_usage: bool) -> ChatStream:
@@ -94,7 +89,7 @@ class HttpProvider(Provider):
         # at most timeout_s (a stream may legitimately last longer than one timeout).
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=min(timeout_s, self.settings.connect_timeout_s),
                                         sock_read=timeout_s)
-        try:
+        with self._mapped_errors(f"did not answer within {timeout_s:g}s", "is unreachable"):
             async with asyncio.timeout(timeout_s):
                 resp = await self.session.post(url, data=payload, timeout=timeout)
                 if resp.status >= 400:
@@ -103,12 +98,6 @@ class HttpProvider(Provider):
                     finally:
                         resp.release()
                     self._raise_for(resp.status, raw, resp.headers)
-        except GatewayError:
-            raise
-        except TimeoutError:
-            raise UpstreamTimeout(f"provider '{self.name}' did not answer within {timeout_s:g}s") from None
-        except aiohttp.ClientError as e:
-            raise UpstreamUnavailable(f"provider '{self.name}' is unreachable ({type(e).__name__})") from None
         translator = self.dialect.stream_translator(model, include_usage)
 
         async def close() -> None:
@@ -122,32 +111,27 @@ class HttpProvider(Provider):
         data: list[bytes] = []
         complete = False
         try:
-            async for line in resp.content:
-                line = line.rstrip(b"\r\n")
-                if line:
-                    if line.startswith(b"data:"):
-                        data.append(line[6:] if line[5:6] == b" " else line[5:])
-                    elif line.startswith(b"event:"):
-                        event = line[6:].strip().decode("utf-8", "replace")
-                    continue  # comments (":"), id: and retry: lines carry nothing for us
+            with self._mapped_errors("stalled mid-stream", "broke the stream"):
+                async for line in resp.content:
+                    line = line.rstrip(b"\r\n")
+                    if line:
+                        if line.startswith(b"data:"):
+                            data.append(line[6:] if line[5:6] == b" " else line[5:])
+                        elif line.startswith(b"event:"):
+                            event = line[6:].strip().decode("utf-8", "replace")
+                        continue  # comments (":"), id: and retry: lines carry nothing for us
+                    if data:
+                        for out in translator.feed(event, b"\n".join(data)):
+                            yield out
+                    event, data = None, []
                 if data:
                     for out in translator.feed(event, b"\n".join(data)):
                         yield out
-                event, data = None, []
-            if data:
-                for out in translator.feed(event, b"\n".join(data)):
+                if translator.finish_reason is None:
+                    raise UpstreamBadResponse(f"provider '{self.name}' ended the stream before it finished")
+                for out in translator.finish():
                     yield out
-            if translator.finish_reason is None:
-                raise UpstreamBadResponse(f"provider '{self.name}' ended the stream before it finished")
-            for out in translator.finish():
-                yield out
-            complete = True
-        except GatewayError:
-            raise
-        except TimeoutError:
-            raise UpstreamTimeout(f"provider '{self.name}' stalled mid-stream") from None
-        except aiohttp.ClientError as e:
-            raise UpstreamUnavailable(f"provider '{self.name}' broke the stream ({type(e).__name__})") from None
+                complete = True
         finally:
             # A finished stream returns its connection to the pool; an abandoned one is closed
             # so the upstream stops generating (and billing) for a client that left.
@@ -157,6 +141,18 @@ class HttpProvider(Provider):
                 resp.close()
 
     # -- errors ----------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _mapped_errors(self, on_timeout: str, on_connection: str) -> Iterator[None]:
+        """The one place low-level client failures become the public error tree."""
+        try:
+            yield
+        except GatewayError:
+            raise
+        except TimeoutError:
+            raise UpstreamTimeout(f"provider '{self.name}' {on_timeout}") from None
+        except aiohttp.ClientError as e:
+            raise UpstreamUnavailable(f"provider '{self.name}' {on_connection} ({type(e).__name__})") from None
+
     def _raise_for(self, status: int, raw: bytes, headers: Any) -> NoReturn:
         message, param, code = self.dialect.error_message(status, raw)
         message = redact(message, self.settings.api_key)

@@ -50,4 +50,4 @@ async def report_text(ledger: Ledger, settings: Settings, *, tenant: str | None,
         raise ValueError(f"--group-by takes a comma list of {', '.join(GROUPS)} (got {', '.join(unknown) or 'none'})")
     rows = await cost_report(ledger, tenant=tenant, since=since, until=until, group_by=group_by)
     budgets = await budget_status(ledger, settings, tenant)
-    return render(rows, fmt, budgets=budgets)  # type: ignore[arg-type]
+    return render(rows, fmt, budgets=budgets, group_by=group_by)  # type: ignore[arg-type]

@@ -121,10 +121,10 @@ def test_report_equals_mock_usage_times_price(make_gateway: GatewayFactory, back
     assert csv_out.returncode == 0 and csv_out.stdout.splitlines()[0].startswith("day,")
 
 
+# Two processes share a budget only through Redis; the memory store is per process by design.
+@pytest.mark.parametrize("backend", ["redis+postgres"], indirect=True)
 def test_concurrent_requests_over_two_gateways_never_overspend(make_gateway: GatewayFactory, backend: dict[str, str],
                                                                tenant: str, upstream_log: Any, upstream: Any) -> None:
-    if backend["state"] == "memory":
-        pytest.skip("two processes share a budget only through Redis; the memory store is per process by design")
     budget = 1000
     tenants = {tenant: {"budgets": {"tokens_per_day": budget}}}
     first = make_gateway(ROUTES, tenants)
@@ -148,11 +148,10 @@ def test_concurrent_requests_over_two_gateways_never_overspend(make_gateway: Gat
     assert report["totals"]["prompt_tokens"] + report["totals"]["completion_tokens"] <= budget
 
 
+@pytest.mark.parametrize("backend", ["redis+postgres"], indirect=True)  # the drill cuts PostgreSQL
 def test_a_ledger_outage_loses_no_envelope_and_fails_no_request(make_gateway: GatewayFactory,
                                                                 backend: dict[str, str], tenant: str,
                                                                 tmp_path: Path) -> None:
-    if backend["state"] == "memory":
-        pytest.skip("the outage drill cuts PostgreSQL")
     outage_s = float(os.environ.get("GATEWAY_TEST_OUTAGE_S", "5"))
     proxy = ThreadedTcpProxy("127.0.0.1", PG_PORT)
     proxy.start()

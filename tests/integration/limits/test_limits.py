@@ -123,10 +123,9 @@ def test_streams_settle_at_their_end(make_gateway: GatewayFactory, tenant: str) 
     time.sleep(0.1)
 
 
+@pytest.mark.parametrize("backend", ["redis+postgres"], indirect=True)  # memory cannot be unreachable
 def test_state_store_down_fails_closed_for_budgets_and_open_for_rate_limits(
         make_gateway: GatewayFactory, backend: dict[str, str], tenant: str) -> None:
-    if backend["state"] == "memory":
-        pytest.skip("the memory store cannot be unreachable")
     import httpx
 
     from tests.support.tcpproxy import ThreadedTcpProxy
