@@ -68,6 +68,7 @@ class IngressMiddleware:
         scope[CALL_KEY] = call
         rid_header = (b"x-request-id", call.request_id.encode())
         started = False
+        watch = _DisconnectWatch(receive, self.max_body_bytes)
 
         async def send_wrapper(message: Message) -> None:
             nonlocal started
@@ -75,9 +76,12 @@ class IngressMiddleware:
                 started = True
                 call.status = message["status"]
                 message["headers"] = [*message.get("headers", ()), rid_header]
+            elif message["type"] == "http.response.body" and not message.get("more_body", False):
+                # From here on a disconnect is the client done with its answer, not giving up:
+                # what still runs (settlement, the stream's accounting) must not be cancelled.
+                watch.response_complete = True
             await send(message)
 
-        watch = _DisconnectWatch(receive, self.max_body_bytes)
         # Operations traffic has its own pool: a flood of model calls must not lock out operators.
         caps = self.gateway.admin_caps if _is_operations(scope["path"]) else self.gateway.ingress_caps
         admitted = caps.try_enter() == "ok"
@@ -145,7 +149,7 @@ class _DisconnectWatch:
     timeout. Later `receive()` calls from the app wait for that same disconnect.
     """
 
-    __slots__ = ("_event", "_limit", "_receive", "_seen", "_task", "_watcher", "disconnected")
+    __slots__ = ("_event", "_limit", "_receive", "_seen", "_task", "_watcher", "disconnected", "response_complete")
 
     def __init__(self, receive: Receive, limit: int) -> None:
         self._receive, self._limit, self._seen = receive, limit, 0
@@ -153,6 +157,7 @@ class _DisconnectWatch:
         self._watcher: asyncio.Task[None] | None = None
         self._event: asyncio.Event | None = None
         self.disconnected = False
+        self.response_complete = False
 
     async def receive(self) -> Message:
         if self._event is not None:
@@ -176,6 +181,8 @@ class _DisconnectWatch:
             message = await self._receive()
             if message["type"] == "http.disconnect":
                 break
+        if self.response_complete:
+            return
         self.disconnected = True
         assert self._event is not None
         self._event.set()

@@ -103,7 +103,9 @@ local function le(a, b)
 end
 """
 
-# KEYS: the record, then per bucket: current count, current holds, previous count, previous holds.
+# KEYS: the record, then per bucket: current count, current holds, and for a window only, previous
+#   count and previous holds (a period's previous counter plays no part in a check; leaving its
+#   keys out saves redis-py more time encoding arguments than anything else in a reserve).
 # ARGV: rid, now, hold expiry, record expiry, record ttl ms; then one string per bucket (one argument
 #   instead of eight: redis-py spends more encoding arguments than Lua spends splitting them):
 #   "kind|limit|amount|headroom|rem_ms|key ttl ms|stamp|record field" with kind 'p' or 'w' and
@@ -119,11 +121,13 @@ local nowf = tonumber(now)
 local rec = KEYS[1]
 local n = #ARGV - 5
 local B = {}
+local at = 1
 for i = 1, n do
   local kind, limit, amount, headroom, rem, ttl, stamp, field =
     string.match(ARGV[5 + i], '^(%a)|(%d+)|(%d+)|(%-?%d+)|(%d+)|(%d+)|([^|]*)|(.*)$')
   B[i] = {window = kind == 'w', limit = limit, amount = amount, headroom = headroom, rem = rem, ttl = ttl,
-          stamp = stamp, field = field}
+          stamp = stamp, field = field, k = at}
+  at = at + ((kind == 'w') and 4 or 2)
 end
 
 local held = false
@@ -149,7 +153,8 @@ end
 local out = {held and 2 or 1, 0}
 local failed = 0
 for i = 1, n do
-  local b, k = B[i], 1 + 4 * (i - 1)
+  local b = B[i]
+  local k = b.k
   purge(KEYS[k + 1], KEYS[k + 2], now)
   local cur, prev = count(KEYS[k + 1]), '0'
   if b.window then
@@ -173,7 +178,8 @@ if failed > 0 or held then return out end
 
 local fields = {'~exp', ARGV[4], '~hold', ARGV[3]}
 for i = 1, n do
-  local b, k = B[i], 1 + 4 * (i - 1)
+  local b = B[i]
+  local k = b.k
   if b.amount ~= '0' then
     local c, z = KEYS[k + 1], KEYS[k + 2]
     -- A new counter (the count equals this amount) gets its TTL; an existing one has it already.
@@ -346,6 +352,18 @@ class RedisStateStore:
         where = kw.get("path") or f"{kw.get('host')}:{kw.get('port')}"
         return f"RedisStateStore({where}/{kw.get('db', 0)}, prefix={self.prefix!r})"
 
+    def _reserve_keys(self, tag: str, rid: str, buckets: Sequence[Bucket], slots: Sequence[Slot]) -> list[str]:
+        base = f"{self.prefix}{{{tag}}}:"
+        keys = [f"{base}r:{rid}"]
+        for b, s in zip(buckets, slots, strict=True):
+            cur = f"{base}c:{b.key}:{s.stamp}"
+            if b.kind == "window":
+                prev = f"{base}c:{b.key}:{s.prev_stamp}"
+                keys += (cur, cur + ":z", prev, prev + ":z")
+            else:
+                keys += (cur, cur + ":z")
+        return keys
+
     def _keys(self, tag: str, rid: str, buckets: Sequence[Bucket], slots: Sequence[Slot]) -> list[str]:
         base = f"{self.prefix}{{{tag}}}:"
         keys = [f"{base}r:{rid}"]
@@ -384,7 +402,7 @@ class RedisStateStore:
                 f"{'w' if b.kind == 'window' else 'p'}|{b.limit}|{b.amount}|{max(-1, b.limit - b.amount)}|{s.rem_ms}|"
                 f"{key_ttl_ms(s.expires_at, now)}|{s.stamp}|{b.key}"
             )
-        res = await self._run(self._reserve, self._keys(tag, reservation_id, buckets, slots), args)
+        res = await self._run(self._reserve, self._reserve_keys(tag, reservation_id, buckets, slots), args)
         status = int(res[0])
         if status == -1:
             raise ValueError(f"reservation id {reservation_id!r} was already settled or released")

@@ -41,6 +41,9 @@ def test_rate_limits_answer_429_with_openai_headers(make_gateway: GatewayFactory
     client = gw.client(tenant)
     for i in range(3):
         raw = client.chat.completions.with_raw_response.create(model="chat", messages=HELLO, max_tokens=10)
+        # settlement runs after the answer is sent: the client closing then is not a disconnect
+        record = gw.wait_log(raw.headers["x-request-id"])
+        assert record["status"] == 200 and "client_disconnected" not in record
         assert raw.headers["x-ratelimit-limit-requests"] == "3"
         assert raw.headers["x-ratelimit-remaining-requests"] == str(2 - i)
         assert raw.headers["x-ratelimit-limit-tokens"] == "10000"
@@ -117,7 +120,11 @@ def test_streams_settle_at_their_end(make_gateway: GatewayFactory, tenant: str) 
     gw = make_gateway(ROUTE, {tenant: {"budgets": {"tokens_per_day": 60}}})
     client = gw.client(tenant)
     for _ in range(4):  # 4 * 13 = 52 (each reserves 18, settles 13)
-        list(client.chat.completions.create(model="chat", messages=HELLO, max_tokens=10, stream=True))
+        stream = client.chat.completions.with_raw_response.create(model="chat", messages=HELLO, max_tokens=10,
+                                                                   stream=True)
+        list(stream.parse())
+        record = gw.wait_log(stream.headers["x-request-id"])
+        assert record["status"] == 200 and "client_disconnected" not in record
     with pytest.raises(openai.RateLimitError):
         list(client.chat.completions.create(model="chat", messages=HELLO, max_tokens=10, stream=True))
     time.sleep(0.1)
