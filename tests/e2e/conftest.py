@@ -74,13 +74,3 @@ def upstream_log(upstream: RunningProcess) -> Iterator[Any]:
         return httpx.get(upstream.url + "/_mock/requests").json()
 
     yield read
-
-
-@pytest.hookimpl(wrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
-    """On failure, attach the gateway's recent output: its log lines say what happened inside."""
-    report = yield
-    gw = getattr(item, "funcargs", {}).get("gateway")
-    if report.failed and isinstance(gw, GatewayInstance):
-        report.sections.append(("gateway output (tail)", gw.process.output()[-6000:]))
-    return report

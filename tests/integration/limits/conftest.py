@@ -59,7 +59,7 @@ def make_gateway(tmp_path: Path, upstream: RunningProcess, backend: dict[str, st
         started.append(gw)
         return gw
 
-    make.started = started  # type: ignore[attr-defined]
+    make.started = started  # type: ignore[attr-defined]  # read by the report hook in tests/conftest.py
     yield make
     for gw in started:
         gw.stop()
@@ -75,13 +75,3 @@ def upstream_log(upstream: RunningProcess) -> Callable[[], list[dict[str, Any]]]
 def tenant() -> str:
     """A fresh tenant name per test: Redis is shared, so counters must not collide between runs."""
     return "t" + os.urandom(4).hex()
-
-
-@pytest.hookimpl(wrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
-    report = yield
-    factory = getattr(item, "funcargs", {}).get("make_gateway")
-    if report.failed and factory is not None:
-        for i, gw in enumerate(getattr(factory, "started", [])):
-            report.sections.append((f"gateway {i} output (tail)", gw.process.output()[-4000:]))
-    return report

@@ -80,17 +80,7 @@ def make_gateway(tmp_path: Path, upstreams: tuple[Upstream, Upstream]) -> Iterat
         started.append(gw)
         return gw
 
-    make.started = started  # type: ignore[attr-defined]  # read by the report hook below
+    make.started = started  # type: ignore[attr-defined]  # read by the report hook in tests/conftest.py
     yield make
     for gw in started:
         gw.stop()
-
-
-@pytest.hookimpl(wrapper=True)
-def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
-    report = yield
-    factory = getattr(item, "funcargs", {}).get("make_gateway")
-    if report.failed and factory is not None:
-        for i, gw in enumerate(getattr(factory, "started", [])):
-            report.sections.append((f"gateway {i} output (tail)", gw.process.output()[-5000:]))
-    return report
