@@ -119,40 +119,52 @@ async def chat_completions(request: Request) -> Response | SSEResponse:
         if gw.settings.storage.envelope_bodies == "all":
             call.response_body = result.body.decode("utf-8", "replace")
         return _json(result.body, _route_headers(call), settle=_settler(gw, hold, result.usage, call))
-    return SSEResponse(_relay(gw, stream, call, body, hold), _route_headers(call))
+    relay = _Relay(gw, stream, call, body, hold)
+    return SSEResponse(relay.events(), _route_headers(call), after=relay.finish)
 
 
-async def _relay(gw: Gateway, stream: ChatStream, call: Call, body: dict[str, Any],
-                 hold: Hold | None) -> AsyncGenerator[bytes, None]:
-    """Relays chunks as they arrive, then `[DONE]`; after the first byte, failures are reported in-band
-    as one OpenAI-style error event, and the stream ends without `[DONE]`."""
-    completed = False
-    try:
-        async for payload in stream.chunks:
-            if call.ttft_ms is None:
-                call.ttft_ms = call.elapsed_ms()
-            yield payload
-        completed = True
-        yield b"[DONE]"
-    except GatewayError as exc:
-        call.error_type, call.error_code = type(exc).__name__, exc.error_code
-        yield _stream_error(exc)
-    except Exception:
-        _log.exception("stream relay failed", extra={"fields": {"request_id": call.request_id}})
-        internal = InternalError("The gateway failed while relaying the stream.")
-        call.error_type, call.error_code = type(internal).__name__, internal.error_code
-        yield _stream_error(internal)
-    finally:
-        if not completed and call.error_type is None:
+class _Relay:
+    """One stream's relay: `events()` while the response is open, `finish()` once it is over.
+
+    The accounting (usage, settlement) runs in `finish()`, after the response's last byte: a
+    client that closes its connection on `[DONE]` must not cut it short."""
+
+    def __init__(self, gw: Gateway, stream: ChatStream, call: Call, body: dict[str, Any], hold: Hold | None):
+        self.gw, self.stream, self.call, self.body, self.hold = gw, stream, call, body, hold
+        self.completed = False
+
+    async def events(self) -> AsyncGenerator[bytes, None]:
+        """Chunks as they arrive, then `[DONE]`; after the first byte, a failure is reported in-band
+        as one OpenAI-style error event, and the stream ends without `[DONE]`."""
+        call = self.call
+        try:
+            async for payload in self.stream.chunks:
+                if call.ttft_ms is None:
+                    call.ttft_ms = call.elapsed_ms()
+                yield payload
+            self.completed = True
+            yield b"[DONE]"
+        except GatewayError as exc:
+            call.error_type, call.error_code = type(exc).__name__, exc.error_code
+            yield _stream_error(exc)
+        except Exception:
+            _log.exception("stream relay failed", extra={"fields": {"request_id": call.request_id}})
+            internal = InternalError("The gateway failed while relaying the stream.")
+            call.error_type, call.error_code = type(internal).__name__, internal.error_code
+            yield _stream_error(internal)
+
+    async def finish(self) -> None:
+        call, stream = self.call, self.stream
+        if not self.completed and call.error_type is None:
             call.client_disconnected = True
         await stream.aclose()
         call.model_served = stream.translator.served_model
         call.finish_reason = stream.translator.finish_reason
-        call.usage = stream.usage if stream.usage.reported else _estimate(body, stream.usage)
+        call.usage = stream.usage if stream.usage.reported else _estimate(self.body, stream.usage)
         # A stream cut short (client gone, provider broken) may have been billed for what it
         # generated; unless the provider reported usage, the reservation stands as spent.
-        await gw.limits.settle(hold, stream.usage if stream.usage.reported else None, call.provider,
-                               call.target_model)
+        await self.gw.limits.settle(self.hold, stream.usage if stream.usage.reported else None, call.provider,
+                                    call.target_model)
 
 
 def _stream_error(exc: GatewayError) -> bytes:

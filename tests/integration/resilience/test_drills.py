@@ -174,7 +174,9 @@ def test_both_down_is_a_clear_502_within_the_deadline(make_gateway: GatewayFacto
         gw.client().chat.completions.create(model="failover", messages=HELLO, extra_headers={"x-request-id": "down"})
     assert info.value.status_code == 502 and time.monotonic() - started < 1
     record = gw.wait_log("down")
-    assert [a["provider"] for a in record["attempts"]] == ["primary", "secondary", "primary"]  # 1 + retries
+    providers = [a["provider"] for a in record["attempts"]]
+    # 1 + retries attempts: the primary, at once the secondary, then whichever's backoff ends first
+    assert len(providers) == 3 and providers[:2] == ["primary", "secondary"]
 
 
 def test_both_hanging_is_a_504_at_the_deadline(make_gateway: GatewayFactory,
