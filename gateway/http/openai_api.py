@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncGenerator
 from typing import Any
@@ -26,7 +27,6 @@ from gateway.runtime import Gateway
 from gateway.settings import RouteSettings
 
 _log = logging.getLogger("gateway.stream")
-_JSON = b"application/json"
 
 
 def _gateway(request: Request) -> Gateway:
@@ -110,6 +110,11 @@ async def chat_completions(request: Request) -> Response | SSEResponse:
             call.stream = True
             include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
             stream = await gw.router.chat_stream(call, route, body, include_usage)
+    except asyncio.CancelledError:
+        # The client left while a provider was working: it may bill what it generated, so the
+        # reservation stands as spent.
+        await gw.limits.settle(hold, None, None, None)
+        raise
     except BaseException:
         # No attempt succeeded: providers do not bill failed calls, so nothing was spent.
         await gw.limits.release(hold)
