@@ -122,7 +122,8 @@ def serve(config_path: str | None, host: str | None, port: int | None, workers: 
         sys.stdout.flush()
 
     common: dict[str, Any] = dict(log_config=None, access_log=False, lifespan="on", loop="uvloop", http="httptools",
-                                  timeout_graceful_shutdown=10, server_header=False)
+                                  timeout_graceful_shutdown=10, server_header=False,
+                                  timeout_keep_alive=settings.server.keep_alive_s)
     if workers == 1:
         class AnnouncingServer(uvicorn.Server):
             async def startup(self, sockets: list[socket.socket] | None = None) -> None:

@@ -47,6 +47,10 @@ class ServerSettings(_Model):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     # Log lines wait in a bounded queue; past it they are counted and dropped, never blocking.
     log_queue_size: int = Field(10_000, gt=0)
+    # Idle keep-alive connections are closed after this. Longer than the usual load balancer
+    # idle timeout (60 s), so the balancer, not the gateway, closes first: a server closing a
+    # connection just as a client reuses it is a dropped request.
+    keep_alive_s: float = Field(75.0, gt=0)
     # Model calls in flight at once; past it a request gets 503 with retry-after at once.
     max_in_flight: int = Field(1024, gt=0)
     # Admin and operations traffic has its own small pool, so a flood of model calls cannot lock
