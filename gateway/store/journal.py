@@ -167,12 +167,19 @@ class Journal:
     def _append_sync(self, lines: bytes, count: int) -> None:
         with self._lock:
             held = self._write_locked(lines, count)
-            # fsync a duplicate: the lock is released for the slow part, so an overflow append on
-            # the loop thread never waits for a disk flush, and a rotation closing the original
-            # descriptor meanwhile cannot pull it from under us.
-            fd = os.dup(held.file.fileno())
-            sync_dir = not self._dir_synced
-            self._dir_synced = True
+            fd, sync_dir = self._dup_for_sync(held.file)
+        self._fsync_dup(fd, sync_dir)
+
+    def _dup_for_sync(self, file: Any) -> tuple[int, bool]:
+        """Under the lock: a duplicate descriptor to fsync once the lock is released, so an overflow
+        append on the loop thread never waits for a disk flush, and a rotation closing the original
+        descriptor meanwhile cannot pull it from under us."""
+        fd = os.dup(file.fileno())
+        sync_dir = not self._dir_synced
+        self._dir_synced = True
+        return fd, sync_dir
+
+    def _fsync_dup(self, fd: int, sync_dir: bool) -> None:
         try:
             os.fsync(fd)
         finally:
@@ -206,15 +213,8 @@ class Journal:
             cur = self._current
             if cur is None:
                 return
-            fd = os.dup(cur.file.fileno())
-            sync_dir = not self._dir_synced
-            self._dir_synced = True
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        if sync_dir:
-            self._fsync_dir()
+            fd, sync_dir = self._dup_for_sync(cur.file)
+        self._fsync_dup(fd, sync_dir)
 
     async def sync(self) -> None:
         """fsync what `append_nowait()` wrote."""

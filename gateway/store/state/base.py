@@ -122,6 +122,15 @@ def check_buckets(buckets: Sequence[Bucket]) -> str:
     return tag
 
 
+def check_settle_args(reservation_id: str, buckets: Sequence[Bucket], actual: Mapping[str, int]) -> str:
+    """Validate a settlement (both back ends, before any I/O); returns the buckets' hash tag."""
+    tag = check_buckets(buckets)
+    check_actual(buckets, actual)
+    if not reservation_id:
+        raise ValueError("reservation_id must be non-empty")
+    return tag
+
+
 def check_actual(buckets: Sequence[Bucket], actual: Mapping[str, int]) -> None:
     for b in buckets:
         v = actual.get(b.name)

@@ -21,9 +21,9 @@ from typing import Final
 from gateway.store.state.base import (
     Bucket,
     Decision,
-    check_actual,
     check_buckets,
     check_reserve_args,
+    check_settle_args,
 )
 from gateway.store.state.periods import (
     DEFAULT_DONE_TTL_S,
@@ -227,10 +227,7 @@ class MemoryStateStore:
     async def settle(
         self, reservation_id: str, buckets: Sequence[Bucket], actual: Mapping[str, int], now: float | None = None
     ) -> None:
-        tag = check_buckets(buckets)
-        check_actual(buckets, actual)
-        if not reservation_id:
-            raise ValueError("reservation_id must be non-empty")
+        tag = check_settle_args(reservation_id, buckets, actual)
         now = time.time() if now is None else now
         self._collect(now)
         if not buckets:

@@ -44,9 +44,9 @@ from gateway.store.state.base import (
     Bucket,
     Decision,
     StateUnavailable,
-    check_actual,
     check_buckets,
     check_reserve_args,
+    check_settle_args,
 )
 from gateway.store.state.periods import (
     DEFAULT_DONE_TTL_S,
@@ -415,10 +415,7 @@ class RedisStateStore:
     async def settle(
         self, reservation_id: str, buckets: Sequence[Bucket], actual: Mapping[str, int], now: float | None = None
     ) -> None:
-        tag = check_buckets(buckets)
-        check_actual(buckets, actual)
-        if not reservation_id:
-            raise ValueError("reservation_id must be non-empty")
+        tag = check_settle_args(reservation_id, buckets, actual)
         now = time.time() if now is None else now
         if not buckets:
             return
