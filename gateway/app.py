@@ -15,6 +15,7 @@ from starlette.types import ASGIApp
 
 from gateway.errors import GatewayError, InternalError, MethodNotAllowed, NotFound, error_response_parts
 from gateway.http import admin, openai_api, ops
+from gateway.http.dispatch import Dispatcher
 from gateway.http.ingress import CALL_KEY, IngressMiddleware
 from gateway.limits.tokens import preload
 from gateway.observability.logging import LogPipeline
@@ -58,6 +59,7 @@ def create_app(settings: Settings, *, configure_logging: bool = True) -> ASGIApp
         if logs:
             logs.install()
             gateway.log_pipeline = logs
+            gateway.access_log.attach(logs)
         preload()
         await gateway.start()
         app.state.gateway = gateway
@@ -68,9 +70,8 @@ def create_app(settings: Settings, *, configure_logging: bool = True) -> ASGIApp
             if logs:
                 logs.stop()
 
+    model_calls = {"/v1/chat/completions": openai_api.chat_completions, "/v1/embeddings": openai_api.embeddings}
     routes = [
-        Route("/v1/chat/completions", openai_api.chat_completions, methods=["POST"]),
-        Route("/v1/embeddings", openai_api.embeddings, methods=["POST"]),
         Route("/v1/models", openai_api.list_models, methods=["GET"]),
         Route("/v1/models/{model:path}", openai_api.retrieve_model, methods=["GET"]),
         Route("/healthz", ops.healthz, methods=["GET"]),
@@ -80,7 +81,7 @@ def create_app(settings: Settings, *, configure_logging: bool = True) -> ASGIApp
     ]
     app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={
         GatewayError: _gateway_error, HTTPException: _http_exception, Exception: _unexpected})
-    return IngressMiddleware(app, gateway)
+    return IngressMiddleware(Dispatcher(gateway, model_calls, app), gateway)
 
 
 def app_from_env() -> ASGIApp:

@@ -9,7 +9,7 @@ import time
 from dataclasses import dataclass, field
 
 from gateway.limits.stage import Limits
-from gateway.observability.logging import LogPipeline, access_logger
+from gateway.observability.logging import AccessLog, LogPipeline
 from gateway.observability.metrics import Metrics
 from gateway.observability.webhook import WebhookNotifier
 from gateway.pipeline.router import Router
@@ -58,7 +58,7 @@ class Gateway:
     state: StateStore
     limits: Limits
     envelopes: EnvelopeWriter
-    access_log: logging.Logger = field(default_factory=access_logger)
+    access_log: AccessLog = field(default_factory=AccessLog)
     log_pipeline: LogPipeline | None = None
     started_at: int = field(default_factory=lambda: int(time.time()))
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)

@@ -1,4 +1,7 @@
-"""The OpenAI surface: thin endpoints that parse, run the pipeline, and answer JSON or SSE."""
+"""The OpenAI surface: thin endpoints that parse, run the pipeline, and answer JSON or SSE.
+
+Chat and embeddings run on the dispatcher's lean path (`Inbound` in, an ASGI reply out); the
+models endpoints are ordinary Starlette routes."""
 
 from __future__ import annotations
 
@@ -8,11 +11,11 @@ from collections.abc import AsyncGenerator
 from typing import Any
 
 import orjson
-from starlette.background import BackgroundTask
 from starlette.requests import Request
 from starlette.responses import Response
 
 from gateway.errors import ConcurrencyLimited, GatewayError, InternalError
+from gateway.http.dispatch import Inbound, JSONReply
 from gateway.http.ingress import CALL_KEY
 from gateway.http.sse import SSEResponse
 from gateway.http.validation import parse_json_object, validate_chat, validate_embeddings
@@ -39,20 +42,20 @@ def _call(request: Request) -> Call:
     return call
 
 
-def _settler(gw: Gateway, hold: Hold | None, usage: Usage, call: Call) -> BackgroundTask | None:
+def _answer(gw: Gateway, body: bytes, hold: Hold | None, usage: Usage, call: Call) -> JSONReply:
     """Settlement runs right after the answer is sent, still inside the request (the ingress waits for
     it before the request counts as over), so it costs the client no latency and is never dropped."""
     if hold is None:
-        return None
-    return BackgroundTask(gw.limits.settle, hold, usage, call.provider, call.target_model)
+        return JSONReply(body, _route_headers(call))
+
+    async def settle() -> None:
+        await gw.limits.settle(hold, usage, call.provider, call.target_model)
+
+    return JSONReply(body, _route_headers(call), after=settle)
 
 
-def _json(body: bytes, headers: list[tuple[bytes, bytes]] | None = None, *,
-          settle: BackgroundTask | None = None) -> Response:
-    resp = Response(body, media_type="application/json", background=settle)
-    if headers:
-        resp.raw_headers.extend(headers)
-    return resp
+def _json(body: bytes) -> Response:
+    return Response(body, media_type="application/json")
 
 
 def _route_headers(call: Call) -> list[tuple[bytes, bytes]]:
@@ -64,16 +67,16 @@ def _route_headers(call: Call) -> list[tuple[bytes, bytes]]:
     ]
 
 
-async def _begin(request: Request, kind: str) -> tuple[Gateway, Call, dict[str, Any]]:
+async def _begin(inbound: Inbound, kind: str) -> tuple[Gateway, Call, dict[str, Any]]:
     """ingress -> auth -> body: the steps every model call shares."""
-    gw, call = _gateway(request), _call(request)
+    gw, call = inbound.gateway, inbound.call
     call.kind = kind
-    await authenticate(request.headers, gw.key_cache, call)
+    await authenticate(inbound.headers, gw.key_cache, call)
     _admit_tenant(gw, call)
-    feature = request.headers.get("x-gateway-feature")
+    feature = inbound.headers.get("x-gateway-feature")
     if feature:
         call.feature = feature[:128]
-    raw = await request.body()
+    raw = await inbound.body()
     body = parse_json_object(raw)
     if gw.settings.storage.envelope_bodies != "none":
         call.request_body = raw.decode("utf-8", "replace")
@@ -96,8 +99,8 @@ async def _reserve(gw: Gateway, call: Call, route: RouteSettings, body: dict[str
     return hold
 
 
-async def chat_completions(request: Request) -> Response | SSEResponse:
-    gw, call, body = await _begin(request, "chat")
+async def chat_completions(inbound: Inbound) -> JSONReply | SSEResponse:
+    gw, call, body = await _begin(inbound, "chat")
     call.model_requested = validate_chat(body)
     route = resolve_route(gw.settings, call, call.model_requested)
     apply_route_caps(body, route)
@@ -123,7 +126,7 @@ async def chat_completions(request: Request) -> Response | SSEResponse:
         call.usage, call.model_served, call.finish_reason = result.usage, result.served_model, result.finish_reason
         if gw.settings.storage.envelope_bodies == "all":
             call.response_body = result.body.decode("utf-8", "replace")
-        return _json(result.body, _route_headers(call), settle=_settler(gw, hold, result.usage, call))
+        return _answer(gw, result.body, hold, result.usage, call)
     relay = _Relay(gw, stream, call, body, hold)
     return SSEResponse(relay.events(), _route_headers(call), after=relay.finish)
 
@@ -183,8 +186,8 @@ def _estimate(body: dict[str, Any], usage: Usage) -> Usage:
                  reported=False)
 
 
-async def embeddings(request: Request) -> Response:
-    gw, call, body = await _begin(request, "embeddings")
+async def embeddings(inbound: Inbound) -> JSONReply:
+    gw, call, body = await _begin(inbound, "embeddings")
     call.model_requested = validate_embeddings(body)
     route = resolve_route(gw.settings, call, call.model_requested)
     hold = await _reserve(gw, call, route, body)
@@ -194,7 +197,7 @@ async def embeddings(request: Request) -> Response:
         await gw.limits.release(hold)
         raise
     call.usage, call.model_served = result.usage, result.served_model
-    return _json(result.body, _route_headers(call), settle=_settler(gw, hold, result.usage, call))
+    return _answer(gw, result.body, hold, result.usage, call)
 
 
 def _model_object(name: str, created: int) -> dict[str, Any]:

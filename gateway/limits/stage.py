@@ -13,12 +13,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from gateway.errors import BadRequest, GatewayError, RateLimited, ServiceUnavailable
+from gateway.ids import random_hex
 from gateway.limits.estimate import estimate_embeddings, estimate_prompt
 from gateway.limits.pricing import usd_to_picousd
 from gateway.observability.metrics import Metrics
@@ -169,7 +169,7 @@ class Limits:
         groups = [g for g in (tenant_buckets, route_buckets) if g]
         if not groups:
             return None
-        hold = Hold(reservation_id=os.urandom(12).hex(), groups=[], units=units, prompt_tokens=prompt,
+        hold = Hold(reservation_id=random_hex(12), groups=[], units=units, prompt_tokens=prompt,
                     completion_tokens=completion, usd_picousd=usd)
         for group in groups:
             try:

@@ -6,6 +6,8 @@ reasons from fixed sets; tenants are config-declared too. Nothing request-specif
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
@@ -43,6 +45,16 @@ class Metrics:
                                  registry=r)
         self.webhook_dropped = Counter("gateway_webhook_dropped", "Webhook notifications dropped (queue full or "
                                        "delivery failed).", registry=r)
+
+        # Label children by value: prometheus_client's labels() validates and locks on every call.
+        self._children: dict[tuple[Any, ...], Any] = {}
+
+    def child(self, metric: Counter | Histogram, *labels: str) -> Any:
+        key = (id(metric), *labels)
+        found = self._children.get(key)
+        if found is None:
+            found = self._children[key] = metric.labels(*labels)
+        return found
 
     def breaker_changed(self, target: str, to_state: str) -> None:
         self.breaker_transitions.labels(target, to_state).inc()

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import logging
-import os
 from typing import Any
 
+from gateway.ids import random_hex
 from gateway.limits.pricing import Pricing
+from gateway.observability.logging import AccessLog
 from gateway.observability.metrics import Metrics
 from gateway.pipeline.context import Call
 from gateway.store.envelopes import EnvelopeWriter
@@ -24,7 +24,7 @@ def price_call(call: Call, pricing: Pricing) -> None:
 def envelope(call: Call) -> dict[str, Any]:
     usage = call.usage
     return {
-        "envelope_id": os.urandom(16).hex(),
+        "envelope_id": random_hex(16),
         "request_id": call.request_id,
         "created_at": call.started_at,
         "tenant": call.tenant,
@@ -57,24 +57,24 @@ def envelope(call: Call) -> dict[str, Any]:
     }
 
 
-def record_call(call: Call, metrics: Metrics, access_log: logging.Logger, pricing: Pricing,
+def record_call(call: Call, metrics: Metrics, access_log: AccessLog, pricing: Pricing,
                 envelopes: EnvelopeWriter | None, *, quiet: bool = False) -> None:
     if call.kind in _MODEL_KINDS and call.route is not None:
         price_call(call, pricing)
         route = call.route
-        metrics.requests.labels(route, call.tenant or "", str(call.status)).inc()
-        metrics.latency.labels(route).observe(call.elapsed_ms() / 1000)
+        metrics.child(metrics.requests, route, call.tenant or "", str(call.status)).inc()
+        metrics.child(metrics.latency, route).observe(call.elapsed_ms() / 1000)
         for attempt in call.attempts:
             outcome = "skipped" if attempt.skipped else ("ok" if attempt.status == 200 else (attempt.error or "error"))
-            metrics.attempts.labels(attempt.provider, attempt.model, outcome).inc()
+            metrics.child(metrics.attempts, attempt.provider, attempt.model, outcome).inc()
         usage = call.usage
         if usage is not None:
-            metrics.tokens.labels(route, "prompt").inc(usage.prompt_tokens)
-            metrics.tokens.labels(route, "completion").inc(usage.completion_tokens)
+            metrics.child(metrics.tokens, route, "prompt").inc(usage.prompt_tokens)
+            metrics.child(metrics.tokens, route, "completion").inc(usage.completion_tokens)
             if usage.reported and call.prompt_estimate:
-                metrics.estimate_gap.labels(call.provider or "").observe(
+                metrics.child(metrics.estimate_gap, call.provider or "").observe(
                     (usage.prompt_tokens - call.prompt_estimate) / call.prompt_estimate)
         if envelopes is not None and call.tenant is not None:
             envelopes.submit(envelope(call))
     if not quiet:
-        access_log.info("request", extra={"fields": call.log_record()})
+        access_log.write(call.log_record())

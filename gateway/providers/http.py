@@ -1,8 +1,7 @@
 """The one engine that speaks HTTP to providers, applying a `Dialect`.
 
-One pooled aiohttp session per provider, opened at start-up: measured on this kind of machine,
-httpx's default pool collapses under concurrency while aiohttp's client holds up (see DESIGN.md).
-Low-level failures are mapped to the public error tree here and only here.
+One pooled `transport.Origin` per provider, opened at start-up (see transport.py for why not a
+general-purpose client). Low-level failures are mapped to the public error tree here and only here.
 """
 
 from __future__ import annotations
@@ -12,7 +11,6 @@ import contextlib
 from collections.abc import AsyncGenerator, Iterator
 from typing import Any, NoReturn
 
-import aiohttp
 import orjson
 
 from gateway.errors import (
@@ -27,6 +25,7 @@ from gateway.errors import (
     redact,
 )
 from gateway.providers.base import ChatResult, ChatStream, Dialect, EmbeddingsResult, Provider, StreamTranslator
+from gateway.providers.transport import Origin, Response, TransportError
 from gateway.settings import ProviderSettings
 
 _NOT_RETRYABLE = {400, 404, 413, 422}
@@ -36,27 +35,26 @@ class HttpProvider(Provider):
     def __init__(self, name: str, settings: ProviderSettings, dialect: Dialect) -> None:
         super().__init__(name, settings)
         self.dialect = dialect
-        self._session: aiohttp.ClientSession | None = None
+        self._origin: Origin | None = None
 
     async def start(self) -> None:
-        connector = aiohttp.TCPConnector(
-            limit=self.settings.max_connections, limit_per_host=0, ttl_dns_cache=300, keepalive_timeout=30
-        )
-        headers = {"content-type": "application/json", **self.dialect.auth_headers(self.settings),
-                   **self.settings.headers}
-        self._session = aiohttp.ClientSession(connector=connector, headers=headers, auto_decompress=True,
-                                              skip_auto_headers=("User-Agent",))
+        if self.settings.base_url is None:
+            raise RuntimeError(f"provider {self.name} has no base_url")
+        headers = {"content-type": "application/json", "accept": "*/*",
+                   **self.dialect.auth_headers(self.settings), **self.settings.headers}
+        self._origin = Origin(self.settings.base_url, headers, max_connections=self.settings.max_connections,
+                              connect_timeout_s=self.settings.connect_timeout_s)
 
     async def aclose(self) -> None:
-        if self._session is not None:
-            await self._session.close()
-            self._session = None
+        if self._origin is not None:
+            await self._origin.aclose()
+            self._origin = None
 
     @property
-    def session(self) -> aiohttp.ClientSession:
-        if self._session is None:
+    def origin(self) -> Origin:
+        if self._origin is None:
             raise RuntimeError(f"provider {self.name} used before start()")
-        return self._session
+        return self._origin
 
     # -- chat ------------------------------------------------------------------------------
     async def chat(self, body: dict[str, Any], model: str, *, timeout_s: float) -> ChatResult:
@@ -73,13 +71,13 @@ class HttpProvider(Provider):
         return self.dialect.decode_embeddings(raw, model)
 
     async def _post(self, url: str, payload: bytes, timeout_s: float) -> bytes:
-        timeout = aiohttp.ClientTimeout(total=timeout_s, sock_connect=min(timeout_s, self.settings.connect_timeout_s))
         with self._mapped_errors(f"did not answer within {timeout_s:g}s", "is unreachable"):
-            async with self.session.post(url, data=payload, timeout=timeout) as resp:
+            async with asyncio.timeout(timeout_s):
+                resp = await self.origin.request("POST", url, payload)
                 raw = await resp.read()
-                if resp.status >= 400:
-                    self._raise_for(resp.status, raw, resp.headers)
-                return raw
+        if resp.status >= 400:
+            self._raise_for(resp.status, raw, resp.headers)
+        return raw
 
     async def chat_stream(self, body: dict[str, Any], model: str, *, timeout_s: float,
                           include_usage: bool) -> ChatStream:
@@ -87,43 +85,47 @@ class HttpProvider(Provider):
         url = self.dialect.chat_url(self.settings, model)
         # The deadline bounds the wait for the response head; after that, each read may idle
         # at most timeout_s (a stream may legitimately last longer than one timeout).
-        timeout = aiohttp.ClientTimeout(total=None, sock_connect=min(timeout_s, self.settings.connect_timeout_s),
-                                        sock_read=timeout_s)
         with self._mapped_errors(f"did not answer within {timeout_s:g}s", "is unreachable"):
             async with asyncio.timeout(timeout_s):
-                resp = await self.session.post(url, data=payload, timeout=timeout)
+                resp = await self.origin.request("POST", url, payload)
                 if resp.status >= 400:
-                    try:
-                        raw = await resp.read()
-                    finally:
-                        resp.release()
-                    self._raise_for(resp.status, raw, resp.headers)
+                    raw = await resp.read()
+        if resp.status >= 400:
+            self._raise_for(resp.status, raw, resp.headers)
         translator = self.dialect.stream_translator(model, include_usage)
 
         async def close() -> None:
             resp.close()
 
-        return ChatStream(chunks=self._relay(resp, translator), translator=translator, close=close)
+        return ChatStream(chunks=self._relay(resp, translator, timeout_s), translator=translator, close=close)
 
-    async def _relay(self, resp: aiohttp.ClientResponse, translator: StreamTranslator) -> AsyncGenerator[bytes, None]:
+    async def _relay(self, resp: Response, translator: StreamTranslator,
+                     idle_timeout_s: float) -> AsyncGenerator[bytes, None]:
         """Server-sent events from the upstream -> OpenAI chunk payloads."""
         event: str | None = None
         data: list[bytes] = []
         complete = False
+        pending = b""
         try:
             with self._mapped_errors("stalled mid-stream", "broke the stream"):
-                async for line in resp.content:
-                    line = line.rstrip(b"\r\n")
-                    if line:
-                        if line.startswith(b"data:"):
-                            data.append(line[6:] if line[5:6] == b" " else line[5:])
-                        elif line.startswith(b"event:"):
-                            event = line[6:].strip().decode("utf-8", "replace")
-                        continue  # comments (":"), id: and retry: lines carry nothing for us
-                    if data:
-                        for out in translator.feed(event, b"\n".join(data)):
-                            yield out
-                    event, data = None, []
+                async for chunk in resp.iter_chunks(idle_timeout_s):
+                    lines = (pending + chunk).split(b"\n") if pending else chunk.split(b"\n")
+                    pending = lines.pop()  # an incomplete last line waits for the next chunk
+                    for raw_line in lines:
+                        line = raw_line.rstrip(b"\r")
+                        if line:
+                            if line.startswith(b"data:"):
+                                data.append(line[6:] if line[5:6] == b" " else line[5:])
+                            elif line.startswith(b"event:"):
+                                event = line[6:].strip().decode("utf-8", "replace")
+                            continue  # comments (":"), id: and retry: lines carry nothing for us
+                        if data:
+                            for out in translator.feed(event, b"\n".join(data)):
+                                yield out
+                        event, data = None, []
+                line = pending.rstrip(b"\r")
+                if line.startswith(b"data:"):
+                    data.append(line[6:] if line[5:6] == b" " else line[5:])
                 if data:
                     for out in translator.feed(event, b"\n".join(data)):
                         yield out
@@ -150,8 +152,8 @@ class HttpProvider(Provider):
             raise
         except TimeoutError:
             raise UpstreamTimeout(f"provider '{self.name}' {on_timeout}") from None
-        except aiohttp.ClientError as e:
-            raise UpstreamUnavailable(f"provider '{self.name}' {on_connection} ({type(e).__name__})") from None
+        except TransportError as e:
+            raise UpstreamUnavailable(f"provider '{self.name}' {on_connection} ({e})") from None
 
     def _raise_for(self, status: int, raw: bytes, headers: Any) -> NoReturn:
         message, param, code = self.dialect.error_message(status, raw)

@@ -14,6 +14,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+import orjson
 from alembic import command
 from alembic.config import Config
 from sqlalchemy import event, exc, text
@@ -102,6 +103,11 @@ def _install_sqlite_hooks(engine: AsyncEngine) -> None:
         conn.exec_driver_sql(conn.get_execution_options().get("gateway_sqlite_begin", "BEGIN"))
 
 
+def _json_text(value: Any) -> str:
+    # orjson instead of SQLAlchemy's default json.dumps: several times faster per envelope.
+    return orjson.dumps(value).decode()
+
+
 class Ledger:
     """One async engine plus the gateway's conventions for using it."""
 
@@ -115,13 +121,14 @@ class Ledger:
             path = _sqlite_file(u)
             if path is not None:
                 path.parent.mkdir(parents=True, exist_ok=True)
-            engine = create_async_engine(u, echo=echo, hide_parameters=True)
+            engine = create_async_engine(u, echo=echo, hide_parameters=True, json_serializer=_json_text)
             _install_sqlite_hooks(engine)
         else:
             engine = create_async_engine(
                 u,
                 echo=echo,
                 hide_parameters=True,
+                json_serializer=_json_text,
                 pool_size=PG_POOL_SIZE,
                 max_overflow=PG_MAX_OVERFLOW,
                 pool_timeout=PG_POOL_TIMEOUT_S,

@@ -1,0 +1,82 @@
+"""The model endpoints' own lean path: exact-path dispatch to handlers that answer in plain ASGI.
+
+Every request a tenant's application makes goes through here, so it skips what Starlette adds per
+request (route regexes, `Request`/`Response` objects, two layers of exception wrappers); errors
+still leave through the ingress's one mapping. Anything else (models list, admin, operations, 404s)
+goes on to the Starlette app.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping
+
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from gateway.errors import MethodNotAllowed
+from gateway.http.ingress import CALL_KEY
+from gateway.pipeline.context import Call
+from gateway.runtime import Gateway
+
+Reply = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+class Inbound:
+    """What a model endpoint needs of its request: headers (lower-case names), the body, the Call."""
+
+    __slots__ = ("_receive", "call", "gateway", "headers")
+
+    def __init__(self, scope: Scope, receive: Receive, gateway: Gateway) -> None:
+        # The first of repeated headers wins, as in Starlette's Headers.get.
+        self.headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in reversed(scope["headers"])}
+        self.call: Call = scope[CALL_KEY]
+        self.gateway = gateway
+        self._receive = receive
+
+    async def body(self) -> bytes:
+        message = await self._receive()
+        body: bytes = message.get("body", b"")
+        if not message.get("more_body", False):
+            return body
+        parts = [body]
+        while message.get("more_body", False):
+            message = await self._receive()
+            parts.append(message.get("body", b""))
+        return b"".join(parts)
+
+
+Handler = Callable[[Inbound], Awaitable[Reply]]
+
+
+class JSONReply:
+    """A JSON answer; `after` runs once its last byte is sent (settlement), still inside the request."""
+
+    __slots__ = ("after", "body", "headers", "status")
+
+    def __init__(self, body: bytes, headers: list[tuple[bytes, bytes]] | None = None, *, status: int = 200,
+                 after: Callable[[], Awaitable[None]] | None = None) -> None:
+        self.body, self.status, self.after = body, status, after
+        self.headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body)),
+                        *(headers or ())]
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send({"type": "http.response.start", "status": self.status, "headers": self.headers})
+        await send({"type": "http.response.body", "body": self.body})
+        if self.after is not None:
+            await self.after()
+
+
+class Dispatcher:
+    def __init__(self, gateway: Gateway, routes: Mapping[str, Handler], fallback: ASGIApp) -> None:
+        self.gateway = gateway
+        self.routes = routes
+        self.fallback = fallback
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        handler = self.routes.get(scope["path"]) if scope["type"] == "http" else None
+        if handler is None:
+            await self.fallback(scope, receive, send)
+            return
+        if scope["method"] != "POST":
+            raise MethodNotAllowed(f"Method {scope['method']} is not allowed on {scope['path']}.")
+        reply = await handler(Inbound(scope, receive, self.gateway))
+        await reply(scope, receive, send)
