@@ -64,6 +64,7 @@ class _Connection(asyncio.Protocol):
         self.buffered = 0  # waiting for the consumer
         self.total = 0  # body bytes of this response so far
         self.head_done = False
+        self.interim = False
         self.keep_alive = False
         self.complete = False
         self.received_any = False
@@ -109,7 +110,13 @@ class _Connection(asyncio.Protocol):
         self.raw_headers.append((name, value))
 
     def on_headers_complete(self) -> None:
-        self.status = self.parser.get_status_code()
+        status = self.parser.get_status_code()
+        if status < 200:
+            # An interim answer (100 Continue, 103 Early Hints): the real one follows on this connection.
+            self.raw_headers = []
+            self.interim = True
+            return
+        self.status = status
         # Asked here: once the message is complete the parser has already reset its flags.
         self.keep_alive = self.parser.should_keep_alive()
         self.head_done = True
@@ -129,6 +136,9 @@ class _Connection(asyncio.Protocol):
         self._wake()
 
     def on_message_complete(self) -> None:
+        if self.interim:
+            self.interim = False
+            return
         self.complete = True
         self._wake()
 
@@ -234,10 +244,15 @@ def _decoded(body: bytes, raw_headers: list[tuple[bytes, bytes]]) -> bytes:
     for name, value in raw_headers:
         if name.lower() == b"content-encoding":
             coding = value.strip().lower()
-            if coding in (b"gzip", b"x-gzip"):
-                return zlib.decompress(body, wbits=31)
-            if coding == b"deflate":
-                return zlib.decompress(body)
+            if coding in (b"gzip", b"x-gzip", b"deflate"):
+                inflater = zlib.decompressobj(wbits=31 if coding != b"deflate" else 15)
+                try:
+                    plain = inflater.decompress(body, MAX_BODY_BYTES)
+                except zlib.error as e:
+                    raise ProtocolViolation(f"bad {coding.decode()} body ({e})") from None
+                if inflater.unconsumed_tail:
+                    raise ProtocolViolation(f"response body larger than {MAX_BODY_BYTES} bytes once decompressed")
+                return plain
     return body
 
 
@@ -261,7 +276,7 @@ class Origin:
             if "\r" in line or "\n" in line:
                 raise ValueError("header values may not contain line breaks")
         self._static_head = ("\r\n".join(lines) + "\r\n").encode("latin-1")
-        self._targets: dict[str, bytes] = {}
+        self._targets: dict[str, bytes] = {}  # URL -> request target
         self._idle: collections.deque[_Connection] = collections.deque()
         self._slots = asyncio.Semaphore(max_connections)
         self._connect_timeout_s = connect_timeout_s
@@ -269,16 +284,15 @@ class Origin:
         self._closed = False
 
     def _request_line(self, url: str, method: str) -> bytes:
-        line = self._targets.get(url)
-        if line is None:
+        target = self._targets.get(url)
+        if target is None:
             parts = urlsplit(url)
             if (parts.scheme, parts.hostname) != (self.scheme, self.host) or (parts.port or self.port) != self.port:
                 raise ValueError(f"{url!r} is not on this provider's origin")
-            target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-            line = f"{method} {target} HTTP/1.1\r\n".encode("latin-1")
+            target = ((parts.path or "/") + (f"?{parts.query}" if parts.query else "")).encode("latin-1")
             if len(self._targets) < 1024:  # URLs come from the config, so this stays small
-                self._targets[url] = line
-        return line
+                self._targets[url] = target
+        return b"%s %s HTTP/1.1\r\n" % (method.encode("latin-1"), target)
 
     async def request(self, method: str, url: str, body: bytes) -> Response:
         """Send the request and wait for the response head; the caller reads or streams the body."""

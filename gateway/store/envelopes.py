@@ -18,164 +18,27 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 import time
 import uuid
 from collections import deque
 from collections.abc import Mapping
-from datetime import UTC, date, datetime
-from decimal import Decimal
+from datetime import date, datetime
 from pathlib import Path
 from typing import Any
 
-import orjson
 from sqlalchemy import exc
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
-from sqlalchemy.sql.dml import Insert
 
-from gateway.store.journal import Journal, encode
+from gateway.store.envelope_rows import ENVELOPE_KEYS, EnvelopeRejected, driver_rows, insert_sql, normalize_envelope
+from gateway.store.journal import Journal
 from gateway.store.ledger import Ledger, LedgerUnavailable
-from gateway.store.schema import envelopes
+
+__all__ = ["ENVELOPE_KEYS", "EnvelopeRejected", "EnvelopeWriter", "normalize_envelope"]
 
 log = logging.getLogger("gateway.store.envelopes")
 
 # How often a healthy writer looks for journal files that dead processes left behind.
 SWEEP_INTERVAL_S = 60.0
 PING_TIMEOUT_S = 1.0
-
-ENVELOPE_KEYS: tuple[str, ...] = tuple(c.name for c in envelopes.columns if c.name != "id")
-_TEXT = (
-    "tenant", "key_id", "route", "feature", "template_id", "template_version", "template_hash",
-    "model_requested", "model_served", "provider", "cache_status", "error_type", "request_body", "response_body",
-)  # fmt: skip
-_INT32 = ("prompt_tokens", "completion_tokens", "cached_tokens", "cache_saved_tokens", "status")
-_INT64 = ("cost_picousd", "cache_saved_picousd")
-_FLOAT = ("latency_ms", "ttft_ms")
-_BOOL = ("stream", "usage_reported")
-_JSON = ("attempts", "safety_flags")
-_RANGE = {32: (-(2**31), 2**31 - 1), 64: (-(2**63), 2**63 - 1)}
-
-
-class EnvelopeRejected(ValueError):
-    """An envelope that cannot become a row (a missing request id, a value of the wrong kind)."""
-
-
-def _to_int(name: str, v: Any, bits: int) -> int:
-    if v is None:
-        return 0
-    if isinstance(v, bool):
-        n = int(v)
-    elif isinstance(v, int):
-        n = v
-    elif isinstance(v, float | Decimal):
-        if not math.isfinite(v):
-            raise EnvelopeRejected(f"{name}: {v} is not a finite number")
-        n = round(v)
-    elif isinstance(v, str):
-        try:
-            n = int(Decimal(v.strip()).to_integral_value())
-        except ArithmeticError as e:
-            raise EnvelopeRejected(f"{name}: {v[:40]!r} is not a number") from e
-    else:
-        raise EnvelopeRejected(f"{name}: {type(v).__name__} is not a number")
-    lo, hi = _RANGE[bits]
-    if not lo <= n <= hi:
-        raise EnvelopeRejected(f"{name}: {n} is out of range")
-    return n
-
-
-def _to_float(name: str, v: Any) -> float | None:
-    if v is None:
-        return None
-    try:
-        f = float(v)
-    except (TypeError, ValueError) as e:
-        raise EnvelopeRejected(f"{name}: {str(v)[:40]!r} is not a number") from e
-    return f if math.isfinite(f) else None
-
-
-def _to_text(v: Any) -> str | None:
-    if v is None:
-        return None
-    s = v if isinstance(v, str) else str(v)
-    # PostgreSQL text cannot hold NUL; one in a prompt must not cost the whole envelope.
-    return s.replace("\x00", "\ufffd") if "\x00" in s else s
-
-
-def _to_bool(v: Any) -> bool:
-    if isinstance(v, str):
-        return v.strip().lower() in ("1", "true", "yes", "on")
-    return bool(v)
-
-
-def _to_json(v: Any) -> Any:
-    if v is None:
-        return None
-    if isinstance(v, str):  # already serialized by the caller (or a journal of an older version)
-        try:
-            return orjson.loads(v)
-        except ValueError:
-            return v
-    # Through the journal's encoder and back: a value the database's JSON encoder would choke on (a
-    # set, a Decimal, a datetime) must not fail a whole batch and pass for an outage.
-    return orjson.loads(encode(v))
-
-
-def _to_datetime(v: Any) -> datetime:
-    if v is None:
-        return datetime.now(UTC)
-    if isinstance(v, datetime):
-        dt = v
-    elif isinstance(v, int | float) and not isinstance(v, bool):
-        try:
-            return datetime.fromtimestamp(v, UTC)
-        except (OverflowError, OSError, ValueError) as e:
-            raise EnvelopeRejected(f"created_at: {v} is not an epoch time") from e
-    elif isinstance(v, str):
-        try:
-            dt = datetime.fromisoformat(v)
-        except ValueError as e:
-            raise EnvelopeRejected(f"created_at: {v[:40]!r} is not an ISO time") from e
-    else:
-        raise EnvelopeRejected(f"created_at: {type(v).__name__} is not a time")
-    # A naive time is taken as UTC (what the gateway means everywhere) rather than rejected.
-    return dt.replace(tzinfo=UTC) if dt.tzinfo is None else dt.astimezone(UTC)
-
-
-def normalize_envelope(env: Mapping[str, Any]) -> dict[str, Any]:
-    """The row for `env`: every column present, each of its column's kind. Raises EnvelopeRejected.
-
-    `day` is always derived from `created_at` (UTC) so the two can never disagree; unknown keys
-    are dropped.
-    """
-    eid = env.get("envelope_id")
-    rid = env.get("request_id")
-    if not eid:
-        raise EnvelopeRejected("envelope_id missing")
-    if rid is None or rid == "":
-        raise EnvelopeRejected("request_id missing")
-    created = _to_datetime(env.get("created_at"))
-    row: dict[str, Any] = {
-        "envelope_id": str(eid),
-        "request_id": _to_text(rid),
-        "created_at": created,
-        "day": created.date(),
-    }
-    for k in _TEXT:
-        row[k] = _to_text(env.get(k))
-    for k in _INT32:
-        row[k] = _to_int(k, env.get(k), 32)
-    for k in _INT64:
-        row[k] = _to_int(k, env.get(k), 64)
-    for k in _FLOAT:
-        row[k] = _to_float(k, env.get(k))
-    for k in _BOOL:
-        row[k] = _to_bool(env.get(k))
-    for k in _JSON:
-        row[k] = _to_json(env.get(k))
-    return row
-
 
 def _rejected_by_database(e: BaseException) -> bool:
     """True when the database answered and refused the data (not an outage): retrying will not help."""
@@ -216,7 +79,7 @@ class EnvelopeWriter:
         self._wake = asyncio.Event()
         self._progress = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        self._stmt: Insert | None = None
+        self._sql: str | None = None
         self._submitted = 0  # envelopes put in the queue
         self._settled = 0  # of those, now in the database, the journal or the rejected file
         self._flushing = 0
@@ -488,15 +351,10 @@ class EnvelopeWriter:
 
     # -- inserting ---------------------------------------------------------------------------------
 
-    def _insert_stmt(self) -> Insert:
-        if self._stmt is None:
-            if self._ledger.backend == "postgresql":
-                self._stmt = pg_insert(envelopes).on_conflict_do_nothing(index_elements=["envelope_id"])
-            elif self._ledger.backend == "sqlite":
-                self._stmt = sqlite_insert(envelopes).on_conflict_do_nothing(index_elements=["envelope_id"])
-            else:
-                raise RuntimeError(f"no idempotent insert for {self._ledger.backend}")
-        return self._stmt
+    def _insert_sql(self) -> str:
+        if self._sql is None:
+            self._sql = insert_sql(self._ledger.backend)
+        return self._sql
 
     async def _insert_replayed(self, batch: list[dict[str, Any]]) -> None:
         self._replayed += await self._insert(await self._normalize(batch))
@@ -512,7 +370,7 @@ class EnvelopeWriter:
             return 0
         try:
             async with self._ledger.write() as conn:
-                await conn.execute(self._insert_stmt(), rows)
+                await conn.exec_driver_sql(self._insert_sql(), driver_rows(rows, self._ledger.backend))
         except LedgerUnavailable as e:
             if not _rejected_by_database(e):
                 raise
@@ -524,7 +382,7 @@ class EnvelopeWriter:
         for row in rows:
             try:
                 async with self._ledger.write() as conn:
-                    await conn.execute(self._insert_stmt(), [row])
+                    await conn.exec_driver_sql(self._insert_sql(), driver_rows([row], self._ledger.backend))
             except LedgerUnavailable as e:
                 if not _rejected_by_database(e):
                     raise
