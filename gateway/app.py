@@ -17,6 +17,7 @@ from gateway.errors import GatewayError, InternalError, MethodNotAllowed, NotFou
 from gateway.http import admin, openai_api, ops
 from gateway.http.dispatch import Dispatcher
 from gateway.http.ingress import CALL_KEY, IngressMiddleware
+from gateway.limits.estimate import encodings_needed
 from gateway.limits.tokens import preload
 from gateway.observability.logging import LogPipeline
 from gateway.runtime import Gateway
@@ -60,7 +61,8 @@ def create_app(settings: Settings, *, configure_logging: bool = True) -> ASGIApp
             logs.install()
             gateway.log_pipeline = logs
             gateway.access_log.attach(logs)
-        preload()
+        preload(encodings_needed((settings.providers[t.provider].kind, t.model)
+                                 for route in settings.routes.values() for t in route.targets))
         await gateway.start()
         app.state.gateway = gateway
         try:

@@ -70,7 +70,7 @@ async def _prepare_ledger(settings: Settings, host: str) -> str | None:
 
     ledger = Ledger.from_url(settings.ledger_url())
     try:
-        await ledger.migrate()
+        await ledger.migrate_isolated(settings.ledger_url())
         keys = KeyStore(ledger)
         if settings.env_keys or not _is_loopback(host) or "demo" not in settings.tenants:
             return None
@@ -157,7 +157,7 @@ async def _with_keystore(settings: Settings, fn: Callable[[Any], Awaitable[T]]) 
 
     ledger = Ledger.from_url(settings.ledger_url())
     try:
-        await ledger.migrate()
+        await ledger.migrate_isolated(settings.ledger_url())
         return await fn(KeyStore(ledger))
     finally:
         await ledger.aclose()
@@ -261,7 +261,7 @@ async def _with_ledger(settings: Settings, fn: Callable[[Any], Awaitable[T]]) ->
 
     ledger = Ledger.from_url(settings.ledger_url())
     try:
-        await ledger.migrate()
+        await ledger.migrate_isolated(settings.ledger_url())
         return await fn(ledger)
     finally:
         await ledger.aclose()

@@ -168,7 +168,7 @@ class _Relay:
         await stream.aclose()
         call.model_served = stream.translator.served_model
         call.finish_reason = stream.translator.finish_reason
-        call.usage = stream.usage if stream.usage.reported else _estimate(self.body, stream.usage)
+        call.usage = stream.usage if stream.usage.reported else _estimate(self.body, stream.usage, call.target_model)
         # A stream cut short (client gone, provider broken) may have been billed for what it
         # generated; unless the provider reported usage, the reservation stands as spent.
         await self.gw.limits.settle(self.hold, stream.usage if stream.usage.reported else None, call.provider,
@@ -180,10 +180,10 @@ def _stream_error(exc: GatewayError) -> bytes:
                                    "code": exc.error_code}})
 
 
-def _estimate(body: dict[str, Any], usage: Usage) -> Usage:
+def _estimate(body: dict[str, Any], usage: Usage, model: str | None) -> Usage:
     """A provider that reports no usage for a stream: the prompt side is counted here."""
-    return Usage(prompt_tokens=count_messages(body.get("messages") or ()), completion_tokens=usage.completion_tokens,
-                 reported=False)
+    return Usage(prompt_tokens=count_messages(body.get("messages") or (), model or "gpt-4o"),
+                 completion_tokens=usage.completion_tokens, reported=False)
 
 
 async def embeddings(inbound: Inbound) -> JSONReply:

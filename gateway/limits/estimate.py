@@ -27,6 +27,16 @@ def _tools_tokens(tools: Any, model: str) -> int:
     return _TOOLS_OVERHEAD + count_text(orjson.dumps(tools).decode(), model)
 
 
+def encoding_for_target(kind: str, model: str) -> str:
+    return encoding_name_for_model(model) if kind in _EXACT_KINDS else "cl100k_base"
+
+
+def encodings_needed(targets: Iterable[tuple[str, str]]) -> set[str]:
+    """The tiktoken encodings the estimates for these (kind, model) targets use: each costs
+    30-75 MB of memory, so a gateway loads only those its routes can reach."""
+    return {encoding_for_target(kind, model) for kind, model in targets}
+
+
 def estimate_prompt(body: Mapping[str, Any], targets: Iterable[tuple[str, str]], margin: float) -> int:
     """The largest prompt estimate over the targets (kind, model) the request may reach."""
     messages = body.get("messages") or ()
@@ -34,7 +44,7 @@ def estimate_prompt(body: Mapping[str, Any], targets: Iterable[tuple[str, str]],
     counted: dict[str, int] = {}
     best = 0
     for kind, model in targets:
-        family = encoding_name_for_model(model) if kind in _EXACT_KINDS else "cl100k_base"
+        family = encoding_for_target(kind, model)
         if family not in counted:
             ref_model = model if kind in _EXACT_KINDS else "gpt-4"
             counted[family] = count_messages(messages, ref_model) + _tools_tokens(tools, ref_model)

@@ -80,8 +80,12 @@ def get_encoding(name: str) -> tiktoken.Encoding:
         raise KeyError(f"unknown encoding {name!r}; shipped: {', '.join(_ENCODINGS)}")
     with _lock:
         sha, pattern, special = _ENCODINGS[name]
-        return tiktoken.Encoding(name=name, pat_str=pattern, mergeable_ranks=_load_ranks(name, sha),
-                                 special_tokens=special)
+        encoding = tiktoken.Encoding(name=name, pat_str=pattern, mergeable_ranks=_load_ranks(name, sha),
+                                     special_tokens=special)
+        # tiktoken keeps this Python copy of the ranks only to pickle the Encoding; its Rust core has
+        # its own. Dropping it saves ~25 MB per encoding (pickling is never used here).
+        encoding._mergeable_ranks = {}
+        return encoding
 
 
 def encoding_name_for_model(model: str) -> str:

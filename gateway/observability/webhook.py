@@ -10,10 +10,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-
-import httpx
+from typing import TYPE_CHECKING
 
 from gateway.observability.metrics import Metrics
+
+if TYPE_CHECKING:
+    import httpx
 
 _log = logging.getLogger("gateway.webhook")
 
@@ -29,6 +31,9 @@ class WebhookNotifier:
 
     async def start(self) -> None:
         if self.url:
+            # Imported only when a webhook is configured: httpx (with what it pulls in) is ~8 MB per worker.
+            import httpx
+
             self._client = httpx.AsyncClient(timeout=self.timeout_s)
             self._task = asyncio.create_task(self._run())
 
@@ -41,6 +46,8 @@ class WebhookNotifier:
             self.metrics.webhook_dropped.inc()
 
     async def _run(self) -> None:
+        import httpx
+
         assert self._client is not None and self.url is not None
         while True:
             message = await self._queue.get()

@@ -28,7 +28,7 @@ from typing import Any
 
 from sqlalchemy import exc
 
-from gateway.store.envelope_rows import ENVELOPE_KEYS, EnvelopeRejected, driver_rows, insert_sql, normalize_envelope
+from gateway.store.envelope_rows import ENVELOPE_KEYS, EnvelopeRejected, insert_statements, normalize_envelope
 from gateway.store.journal import Journal
 from gateway.store.ledger import Ledger, LedgerUnavailable
 
@@ -79,7 +79,6 @@ class EnvelopeWriter:
         self._wake = asyncio.Event()
         self._progress = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        self._sql: str | None = None
         self._submitted = 0  # envelopes put in the queue
         self._settled = 0  # of those, now in the database, the journal or the rejected file
         self._flushing = 0
@@ -351,11 +350,6 @@ class EnvelopeWriter:
 
     # -- inserting ---------------------------------------------------------------------------------
 
-    def _insert_sql(self) -> str:
-        if self._sql is None:
-            self._sql = insert_sql(self._ledger.backend)
-        return self._sql
-
     async def _insert_replayed(self, batch: list[dict[str, Any]]) -> None:
         self._replayed += await self._insert(await self._normalize(batch))
 
@@ -370,7 +364,8 @@ class EnvelopeWriter:
             return 0
         try:
             async with self._ledger.write() as conn:
-                await conn.exec_driver_sql(self._insert_sql(), driver_rows(rows, self._ledger.backend))
+                for sql, params in insert_statements(rows, self._ledger.backend):
+                    await conn.exec_driver_sql(sql, params)
         except LedgerUnavailable as e:
             if not _rejected_by_database(e):
                 raise
@@ -382,7 +377,8 @@ class EnvelopeWriter:
         for row in rows:
             try:
                 async with self._ledger.write() as conn:
-                    await conn.exec_driver_sql(self._insert_sql(), driver_rows([row], self._ledger.backend))
+                    for sql, params in insert_statements([row], self._ledger.backend):
+                        await conn.exec_driver_sql(sql, params)
             except LedgerUnavailable as e:
                 if not _rejected_by_database(e):
                     raise

@@ -9,17 +9,20 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
-from alembic import command
-from alembic.config import Config
-from sqlalchemy import event, exc, text
+from sqlalchemy import event, exc, inspect, text
 from sqlalchemy.engine import URL, Connection, make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+if TYPE_CHECKING:
+    from alembic.config import Config
 
 log = logging.getLogger("gateway.store.ledger")
 
@@ -61,8 +64,16 @@ def async_url(url: str) -> URL:
     raise ValueError(f"unsupported ledger URL scheme '{u.drivername}' (use sqlite:/// or postgresql://)")
 
 
+# The newest migration. Start-up compares it with the database's and imports alembic (and mako,
+# ~11 MB that would stay in every worker) only when there is something to migrate; a test keeps
+# it equal to the migrations' head.
+HEAD_REVISION = "0002"
+
+
 def alembic_config(connection: Connection | None = None) -> Config:
     """An alembic Config without alembic.ini: the migrations ship inside the package."""
+    from alembic.config import Config
+
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
     cfg.set_main_option("file_template", "v%%(rev)s_%%(slug)s")
@@ -72,7 +83,15 @@ def alembic_config(connection: Connection | None = None) -> Config:
 
 
 def _upgrade_head(connection: Connection) -> None:
+    from alembic import command
+
     command.upgrade(alembic_config(connection), "head")
+
+
+def _at_head(connection: Connection) -> bool:
+    if not inspect(connection).has_table("alembic_version"):
+        return False
+    return connection.execute(text("SELECT version_num FROM alembic_version")).scalar() == HEAD_REVISION
 
 
 def _sqlite_file(u: URL) -> Path | None:
@@ -182,10 +201,28 @@ class Ledger:
         Safe to run from several processes at once: they serialize on a lock (an advisory lock
         on PostgreSQL, the write lock on SQLite) and all but the first find nothing to do.
         """
+        if await self.at_head():
+            return
         async with self.write() as conn:
             if self.backend == "postgresql":
                 await conn.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_MIGRATION_LOCK})
             await conn.run_sync(_upgrade_head)
+
+    async def at_head(self) -> bool:
+        async with self.read() as conn:
+            return await conn.run_sync(_at_head)
+
+    async def migrate_isolated(self, url: str) -> None:
+        """`migrate()` in a child process (see gateway/store/migrate.py), when there is anything to do."""
+        if await self.at_head():
+            return
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "gateway.store.migrate", stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.PIPE, env={**os.environ, "GATEWAY_LEDGER_URL": url})
+        _, err = await proc.communicate()
+        if proc.returncode != 0:
+            reason = err.decode(errors="replace").strip().splitlines()[-1:] or [f"exit {proc.returncode}"]
+            raise LedgerUnavailable(f"ledger ({self.backend}) migration failed: {reason[0]}")
 
     async def ping(self, timeout_s: float = 1.0) -> bool:
         """True when the database answers SELECT 1 within timeout_s; never raises."""

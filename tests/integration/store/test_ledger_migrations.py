@@ -1,11 +1,12 @@
 import asyncio
 
+import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import inspect, text
 
-from gateway.store.ledger import Ledger, alembic_config
+from gateway.store.ledger import Ledger, LedgerUnavailable, alembic_config
 from gateway.store.schema import metadata
 
 
@@ -73,3 +74,47 @@ async def test_downgrade_to_base_and_upgrade_again(ledger):
     await ledger.migrate()
     async with ledger.read() as conn:
         assert await conn.run_sync(_diff) == []
+
+
+def test_head_revision_constant_is_the_migrations_head():
+    from alembic.script import ScriptDirectory
+
+    from gateway.store.ledger import HEAD_REVISION
+
+    assert ScriptDirectory.from_config(alembic_config()).get_current_head() == HEAD_REVISION
+
+
+async def test_a_ledger_at_head_is_not_migrated_again_and_a_behind_one_is(ledger_url):
+    lg = Ledger.from_url(ledger_url)
+    try:
+        await lg.migrate()
+        async with lg.write() as conn:
+            await conn.run_sync(lambda c: command.downgrade(alembic_config(c), "0001"))
+        await lg.migrate()  # behind: upgraded
+        async with lg.read() as conn:
+            assert (await conn.execute(text("SELECT version_num FROM alembic_version"))).scalar() == "0002"
+            assert await conn.run_sync(lambda c: inspect(c).has_table("envelopes"))
+    finally:
+        await lg.aclose()
+
+
+async def test_migrate_isolated_migrates_in_a_child_process(tmp_path):
+    url = f"sqlite:///{tmp_path}/isolated.db"
+    lg = Ledger.from_url(url)
+    try:
+        assert not await lg.at_head()
+        await lg.migrate_isolated(url)
+        assert await lg.at_head()
+        await lg.migrate_isolated(url)  # at head: nothing to do, no child
+    finally:
+        await lg.aclose()
+
+
+async def test_migrate_isolated_reports_a_failing_child_in_one_line(tmp_path):
+    lg = Ledger.from_url(f"sqlite:///{tmp_path}/a.db")
+    try:
+        # The child gets a URL it cannot use: its one-line reason comes back as LedgerUnavailable.
+        with pytest.raises(LedgerUnavailable, match="migration failed"):
+            await lg.migrate_isolated("postgresql://postgres@127.0.0.1:1/nothing")
+    finally:
+        await lg.aclose()
