@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import sqlite3
 import time
 import uuid
 from collections import deque
@@ -43,7 +44,7 @@ PING_TIMEOUT_S = 1.0
 def _rejected_by_database(e: BaseException) -> bool:
     """True when the database answered and refused the data (not an outage): retrying will not help."""
     cause = e.__cause__ if isinstance(e, LedgerUnavailable) else e
-    if isinstance(cause, exc.IntegrityError | exc.DataError):
+    if isinstance(cause, exc.IntegrityError | exc.DataError | sqlite3.IntegrityError | sqlite3.DataError):
         return True
     state = getattr(getattr(cause, "orig", None), "sqlstate", None)
     # SQLSTATE class 22 is "data exception", 23 "integrity constraint violation".
@@ -363,9 +364,7 @@ class EnvelopeWriter:
         if not rows:
             return 0
         try:
-            async with self._ledger.write() as conn:
-                for sql, params in insert_statements(rows, self._ledger.backend):
-                    await conn.exec_driver_sql(sql, params)
+            await self._ledger.write_batch(insert_statements(rows, self._ledger.backend))
         except LedgerUnavailable as e:
             if not _rejected_by_database(e):
                 raise
@@ -376,9 +375,7 @@ class EnvelopeWriter:
         ok = 0
         for row in rows:
             try:
-                async with self._ledger.write() as conn:
-                    for sql, params in insert_statements([row], self._ledger.backend):
-                        await conn.exec_driver_sql(sql, params)
+                await self._ledger.write_batch(insert_statements([row], self._ledger.backend))
             except LedgerUnavailable as e:
                 if not _rejected_by_database(e):
                     raise

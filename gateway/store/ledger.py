@@ -10,8 +10,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import sqlite3
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -21,6 +22,8 @@ from sqlalchemy import event, exc, inspect, text
 from sqlalchemy.engine import URL, Connection, make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
+from gateway.store.sqlite_writer import SQLITE_BUSY_TIMEOUT_MS, SqliteWriter
+
 if TYPE_CHECKING:
     from alembic.config import Config
 
@@ -29,7 +32,6 @@ log = logging.getLogger("gateway.store.ledger")
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 
 # SQLite: writers wait this long for the file lock instead of failing at once.
-SQLITE_BUSY_TIMEOUT_MS = 5_000
 # PostgreSQL: small timeouts so a dead database fails a request in seconds, not minutes.
 PG_CONNECT_TIMEOUT_S = 3.0
 PG_COMMAND_TIMEOUT_S = 10.0
@@ -130,8 +132,9 @@ def _json_text(value: Any) -> str:
 class Ledger:
     """One async engine plus the gateway's conventions for using it."""
 
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, sqlite_path: Path | None = None) -> None:
         self._engine = engine
+        self._batch_writer = SqliteWriter(sqlite_path) if sqlite_path is not None else None
 
     @classmethod
     def from_url(cls, url: str, *, echo: bool = False) -> Ledger:
@@ -142,6 +145,7 @@ class Ledger:
                 path.parent.mkdir(parents=True, exist_ok=True)
             engine = create_async_engine(u, echo=echo, hide_parameters=True, json_serializer=_json_text)
             _install_sqlite_hooks(engine)
+            return cls(engine, path)
         else:
             engine = create_async_engine(
                 u,
@@ -195,6 +199,21 @@ class Ledger:
         except _DRIVER_ERRORS as e:
             raise LedgerUnavailable(f"ledger ({self.backend}) unavailable: {_describe(e)}") from e
 
+    async def write_batch(self, statements: Sequence[tuple[str, Any]]) -> None:
+        """Driver-level statements (`exec_driver_sql` style: a tuple of parameters, or a list of tuples
+        for an executemany) in one write transaction."""
+        if not statements:
+            return
+        if self._batch_writer is not None:
+            try:
+                await self._batch_writer.run(statements)
+            except (sqlite3.Error, OSError) as e:
+                raise LedgerUnavailable(f"ledger (sqlite) unavailable: {_describe(e)}") from e
+            return
+        async with self.write() as conn:
+            for sql, params in statements:
+                await conn.exec_driver_sql(sql, params)
+
     async def migrate(self) -> None:
         """Upgrade the schema to the newest migration; a no-op when it is already there.
 
@@ -234,5 +253,13 @@ class Ledger:
             log.debug("ledger ping failed: %s", _describe(e))
             return False
 
+    async def release_connections(self) -> None:
+        """Close every open connection (pooled, and the batch writer's); new ones open on demand."""
+        await self._engine.dispose()
+        if self._batch_writer is not None:
+            await self._batch_writer.reset()
+
     async def aclose(self) -> None:
+        if self._batch_writer is not None:
+            await self._batch_writer.aclose()
         await self._engine.dispose()

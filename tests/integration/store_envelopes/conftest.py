@@ -31,7 +31,7 @@ class Backend:
             await self.proxy.cut()
             return
         assert self.db_file is not None
-        await self.ledger.engine.dispose()  # pooled connections would keep the old file open
+        await self.ledger.release_connections()  # open connections would keep the old file open
         aside = self.db_file.parent / "aside"
         aside.mkdir()
         for f in self.db_file.parent.glob(self.db_file.name + "*"):
