@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 from collections.abc import AsyncIterator
 
@@ -65,6 +66,10 @@ def create_app(settings: Settings, *, configure_logging: bool = True) -> ASGIApp
                                  for route in settings.routes.values() for t in route.targets))
         await gateway.start()
         app.state.gateway = gateway
+        # Everything built at start-up lives as long as the process: out of the collector's sight,
+        # a full collection walks only what requests allocate (shorter pauses, fewer copied pages).
+        gc.collect()
+        gc.freeze()
         try:
             yield
         finally:

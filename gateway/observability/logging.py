@@ -21,7 +21,8 @@ from typing import Any, TextIO
 
 import orjson
 
-_BATCH = 512
+# Lines formatted per write: the writer holds the GIL while formatting, and the event loop waits.
+_BATCH = 64
 _STOP = object()
 ACCESS_LOGGER = "gateway.access"
 

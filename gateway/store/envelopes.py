@@ -39,6 +39,8 @@ log = logging.getLogger("gateway.store.envelopes")
 
 # How often a healthy writer looks for journal files that dead processes left behind.
 SWEEP_INTERVAL_S = 60.0
+# Envelopes prepared per turn of the event loop (normalising a whole batch would hold it for ms).
+_SLICE = 64
 PING_TIMEOUT_S = 1.0
 
 def _rejected_by_database(e: BaseException) -> bool:
@@ -257,7 +259,9 @@ class EnvelopeWriter:
     async def _normalize(self, batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
         rows: list[dict[str, Any]] = []
         bad: list[dict[str, Any]] = []
-        for env in batch:
+        for i, env in enumerate(batch):
+            if i and i % _SLICE == 0:
+                await asyncio.sleep(0)  # let requests run: a whole batch at once stalls the loop for ms
             try:
                 rows.append(normalize_envelope(env))
             except Exception as e:
@@ -364,7 +368,15 @@ class EnvelopeWriter:
         if not rows:
             return 0
         try:
-            await self._ledger.write_batch(insert_statements(rows, self._ledger.backend))
+            statements: list[tuple[str, Any]] = []
+            for i in range(0, len(rows), _SLICE):
+                for sql, params in insert_statements(rows[i:i + _SLICE], self._ledger.backend):
+                    if isinstance(params, list) and statements and statements[-1][0] == sql:
+                        statements[-1][1].extend(params)  # one executemany for the whole batch
+                    else:
+                        statements.append((sql, params))
+                await asyncio.sleep(0)
+            await self._ledger.write_batch(statements)
         except LedgerUnavailable as e:
             if not _rejected_by_database(e):
                 raise

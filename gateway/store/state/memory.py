@@ -26,8 +26,8 @@ from gateway.store.state.base import (
     check_settle_args,
 )
 from gateway.store.state.periods import (
-    DEFAULT_DONE_TTL_S,
     DEFAULT_SETTLE_GRACE_S,
+    MEMORY_DONE_TTL_S,
     MIN_KEY_TTL_S,
     Slot,
     decide,
@@ -90,7 +90,7 @@ class MemoryStateStore:
     __slots__ = ("_counters", "_gc", "_records", "_seq", "done_ttl_s", "settle_grace_s")
 
     def __init__(
-        self, *, settle_grace_s: float = DEFAULT_SETTLE_GRACE_S, done_ttl_s: float = DEFAULT_DONE_TTL_S
+        self, *, settle_grace_s: float = DEFAULT_SETTLE_GRACE_S, done_ttl_s: float = MEMORY_DONE_TTL_S
     ) -> None:
         self.settle_grace_s = settle_grace_s
         self.done_ttl_s = done_ttl_s

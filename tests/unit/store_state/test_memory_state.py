@@ -3,7 +3,7 @@
 import asyncio
 
 from gateway.store.state.memory import MemoryStateStore
-from gateway.store.state.periods import DEFAULT_DONE_TTL_S
+from gateway.store.state.periods import MEMORY_DONE_TTL_S
 from tests.unit.store_state.behaviour import NOON, TTL, StateStoreBehaviour, bucket
 
 
@@ -54,12 +54,12 @@ async def test_settled_ids_are_remembered_for_the_done_ttl_only() -> None:
     b = BUCKETS[:1]
     assert (await store.reserve("r1", b, TTL, now=NOON)).ok
     await store.settle("r1", b, {"tpd": 5}, now=NOON)
-    await store.settle("r1", b, {"tpd": 5}, now=NOON + DEFAULT_DONE_TTL_S - 1)
-    assert await store.usage(b, now=NOON + DEFAULT_DONE_TTL_S) == {"tpd": 5}
+    await store.settle("r1", b, {"tpd": 5}, now=NOON + MEMORY_DONE_TTL_S - 1)
+    assert await store.usage(b, now=NOON + MEMORY_DONE_TTL_S) == {"tpd": 5}
     assert store.stats()["records"] == 0
     # Beyond the idempotency window the id is unknown: a settle counts again (money spent, nothing held).
-    await store.settle("r1", b, {"tpd": 5}, now=NOON + DEFAULT_DONE_TTL_S + 1)
-    assert await store.usage(b, now=NOON + DEFAULT_DONE_TTL_S + 1) == {"tpd": 10}
+    await store.settle("r1", b, {"tpd": 5}, now=NOON + MEMORY_DONE_TTL_S + 1)
+    assert await store.usage(b, now=NOON + MEMORY_DONE_TTL_S + 1) == {"tpd": 10}
 
 
 async def test_the_gc_heap_is_rebuilt_when_stale_entries_pile_up() -> None:
