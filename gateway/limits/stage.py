@@ -15,29 +15,20 @@ import asyncio
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 from gateway.errors import BadRequest, GatewayError, RateLimited, ServiceUnavailable
 from gateway.ids import random_hex
 from gateway.limits.estimate import estimate_embeddings, estimate_prompt
-from gateway.limits.pricing import usd_to_picousd
+from gateway.limits.plan import PlanCache, Unit
 from gateway.observability.metrics import Metrics
 from gateway.pipeline.context import Call
 from gateway.providers.base import Usage
 from gateway.resilience.backoff import retry_after_headers
-from gateway.settings import BudgetSettings, RateLimitSettings, RouteSettings, Settings
-from gateway.store.state.base import (
-    MAX_PERIOD_UNITS,
-    MAX_WINDOW_UNITS,
-    Bucket,
-    Decision,
-    StateStore,
-    StateUnavailable,
-)
+from gateway.settings import RouteSettings, Settings
+from gateway.store.state.base import Bucket, Decision, StateStore, StateUnavailable
 
 _log = logging.getLogger("gateway.limits")
-
-Unit = Literal["tokens", "usd", "requests"]
 
 
 class InsufficientQuota(RateLimited):
@@ -62,32 +53,6 @@ class Hold:
     headers: dict[str, str] = field(default_factory=dict)
 
 
-def _scope_buckets(prefix: str, tag: str, budgets: BudgetSettings, rates: RateLimitSettings, tokens: int,
-                   usd: int, units: dict[str, Unit]) -> list[Bucket]:
-    out: list[Bucket] = []
-
-    def add(name: str, limit: int | None, kind: Literal["period", "window"], period: Literal["day", "month", "minute"],
-            amount: int, unit: Unit) -> None:
-        if limit is None:
-            return
-        full = f"{prefix}.{name}"
-        units[full] = unit
-        # An absurd request (max_tokens of billions) must be refused as over the limit, not overflow a counter.
-        bound = MAX_WINDOW_UNITS if kind == "window" else MAX_PERIOD_UNITS
-        out.append(Bucket(key=f"{prefix}:{name}", hash_tag=tag, limit=limit, kind=kind, period=period,
-                          amount=min(amount, bound), name=full))
-
-    add("tokens_per_day", budgets.tokens_per_day, "period", "day", tokens, "tokens")
-    add("tokens_per_month", budgets.tokens_per_month, "period", "month", tokens, "tokens")
-    add("usd_per_day", None if budgets.usd_per_day is None else usd_to_picousd(budgets.usd_per_day),
-        "period", "day", usd, "usd")
-    add("usd_per_month", None if budgets.usd_per_month is None else usd_to_picousd(budgets.usd_per_month),
-        "period", "month", usd, "usd")
-    add("requests_per_minute", rates.requests_per_minute, "window", "minute", 1, "requests")
-    add("tokens_per_minute", rates.tokens_per_minute, "window", "minute", tokens, "tokens")
-    return out
-
-
 def _ratelimit_headers(decision: Decision, buckets: list[Bucket]) -> dict[str, str]:
     """OpenAI's x-ratelimit-* headers from the tightest requests and tokens windows."""
     out: dict[str, str] = {}
@@ -108,6 +73,7 @@ class Limits:
         self.store = store
         self.metrics = metrics
         self.policy = settings.limits.on_state_error
+        self.plans = PlanCache(settings)
 
     def _completion_cap(self, body: dict[str, Any], needs_bound: bool) -> int:
         field_name = "max_completion_tokens" if "max_completion_tokens" in body else "max_tokens"
@@ -126,12 +92,14 @@ class Limits:
             worst = max(worst, self.settings.pricing.cost_picousd(t.provider, t.model, prompt, completion))
         return worst
 
-    def check_input(self, call: Call, route: RouteSettings, body: dict[str, Any]) -> int:
+    def check_input(self, call: Call, route: RouteSettings, body: dict[str, Any],
+                    targets: tuple[tuple[str, str], ...] | None = None) -> int:
         """The prompt estimate; a prompt over the route's max_input_tokens is refused here."""
-        targets = [(self.settings.providers[t.provider].kind, t.model) for t in route.targets]
         if call.kind == "embeddings":
             prompt = estimate_embeddings(body, route.targets[0].model)
         else:
+            if targets is None:
+                targets = tuple((self.settings.providers[t.provider].kind, t.model) for t in route.targets)
             prompt = estimate_prompt(body, targets, self.settings.limits.estimate_margin)
         if route.max_input_tokens is not None and prompt > route.max_input_tokens:
             raise BadRequest(
@@ -142,36 +110,17 @@ class Limits:
         return prompt
 
     async def reserve(self, call: Call, route: RouteSettings, body: dict[str, Any]) -> Hold | None:
-        prompt = self.check_input(call, route, body)
-        tenant = self.settings.tenants.get(call.tenant or "")
-        if tenant is None:
+        plan = self.plans.get(call.tenant, call.key_id, call.feature, call.route or "", route)
+        prompt = self.check_input(call, route, body, plan.targets)
+        if plan.empty:
             return None
-        scopes: list[tuple[str, BudgetSettings, RateLimitSettings]] = [("tenant", tenant.budgets, tenant.rate_limits)]
-        if call.key_id and call.key_id in tenant.keys:
-            key_scope = tenant.keys[call.key_id]
-            scopes.append((f"key:{call.key_id}", key_scope.budgets, key_scope.rate_limits))
-        if call.feature and call.feature in tenant.features:
-            feature_scope = tenant.features[call.feature]
-            scopes.append((f"feature:{call.feature}", feature_scope.budgets, feature_scope.rate_limits))
-        bounded = any(_bounds_tokens(b, r) for _, b, r in scopes) or _route_bounds(route)
-        completion = self._completion_cap(body, bounded) if call.kind == "chat" else 0
+        completion = self._completion_cap(body, plan.bounded) if call.kind == "chat" else 0
         tokens = prompt + completion
         usd = self._price_bound(route, prompt, completion)
-        units: dict[str, Unit] = {}
-        tag = f"t:{call.tenant}"
-        tenant_buckets: list[Bucket] = []
-        for name, budgets, rates in scopes:
-            prefix = f"tenant:{call.tenant}" if name == "tenant" else f"tenant:{call.tenant}:{name}"
-            tenant_buckets += _scope_buckets(prefix, tag, budgets, rates, tokens, usd, units)
-        route_buckets = _scope_buckets(f"route:{call.route}", f"r:{call.route}", BudgetSettings(
-            tokens_per_day=route.budget.tokens_per_day, usd_per_day=route.budget.usd_per_day), RateLimitSettings(),
-            tokens, usd, units)
-        groups = [g for g in (tenant_buckets, route_buckets) if g]
-        if not groups:
-            return None
-        hold = Hold(reservation_id=random_hex(12), groups=[], units=units, prompt_tokens=prompt,
+        hold = Hold(reservation_id=random_hex(12), groups=[], units=plan.units, prompt_tokens=prompt,
                     completion_tokens=completion, usd_picousd=usd)
-        for group in groups:
+        for specs in plan.groups:
+            group = [spec.bucket(tokens, usd) for spec in specs]
             try:
                 decision = await self.store.reserve(hold.reservation_id, group, self.settings.limits.reservation_ttl_s)
             except StateUnavailable as e:
@@ -224,8 +173,9 @@ class Limits:
             actual_tokens = usage.prompt_tokens + usage.completion_tokens
             actual_usd = self.settings.pricing.cost_picousd(provider, model, usage.prompt_tokens,
                                                             usage.completion_tokens, usage.cached_tokens)
+        amounts = {"tokens": actual_tokens, "usd": actual_usd, "requests": 1}
         for group in hold.groups:
-            actual: Mapping[str, int] = {b.name: _amount(hold.units[b.name], actual_tokens, actual_usd) for b in group}
+            actual: Mapping[str, int] = {b.name: amounts[hold.units[b.name]] for b in group}
             try:
                 await self.store.settle(hold.reservation_id, group, actual)
             except StateUnavailable:
@@ -244,16 +194,3 @@ class Limits:
                 await self.store.release(hold.reservation_id, group)
             except StateUnavailable:
                 self.metrics.state_errors.labels("release").inc()
-
-
-def _amount(unit: Unit, tokens: int, usd: int) -> int:
-    return {"tokens": tokens, "usd": usd, "requests": 1}[unit]
-
-
-def _bounds_tokens(budgets: BudgetSettings, rates: RateLimitSettings) -> bool:
-    return any(v is not None for v in (budgets.tokens_per_day, budgets.tokens_per_month, budgets.usd_per_day,
-                                       budgets.usd_per_month, rates.tokens_per_minute))
-
-
-def _route_bounds(route: RouteSettings) -> bool:
-    return route.budget.tokens_per_day is not None or route.budget.usd_per_day is not None

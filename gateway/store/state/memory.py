@@ -6,15 +6,19 @@ store's layout and rules one for one (see redis.py): per counter the units used 
 and the live holds; per reservation a record of where it held what.
 
 Memory stays bounded. Counters and records carry the absolute time they may be dropped, fixed by
-their period (or by the reservation's ttl); one heap orders them, each call pops a few expired
-ones (amortized O(log n)), and the heap is rebuilt from the live objects when stale entries
-outnumber them (the occasional sweep). Expired holds leave a counter when it is next reserved on.
+their period (or by the reservation's ttl). Counters (a few per period) sit on a heap, rebuilt
+when stale entries outnumber them; records, one per request, sit in two queues in the order they
+expire: held ones in an ordered dict (a record leaves it the moment it is settled, in O(1)), done
+ones in a FIFO (one fixed window). Each call pops a few expired entries from each, so no call
+ever pays for a mass expiry, and nothing is swept per request. Expired holds leave a counter when
+it is next reserved on.
 """
 
 from __future__ import annotations
 
 import heapq
 import time
+from collections import OrderedDict, deque
 from collections.abc import Mapping, Sequence
 from typing import Final
 
@@ -87,7 +91,7 @@ _MISSING: Final = ("", -1)
 
 
 class MemoryStateStore:
-    __slots__ = ("_counters", "_gc", "_records", "_seq", "done_ttl_s", "settle_grace_s")
+    __slots__ = ("_counters", "_done", "_gc", "_held", "_records", "_seq", "done_ttl_s", "settle_grace_s")
 
     def __init__(
         self, *, settle_grace_s: float = DEFAULT_SETTLE_GRACE_S, done_ttl_s: float = MEMORY_DONE_TTL_S
@@ -96,8 +100,13 @@ class MemoryStateStore:
         self.done_ttl_s = done_ttl_s
         self._counters: dict[_CounterId, _Counter] = {}
         self._records: dict[_RecordId, _Record] = {}
-        # (expires at, sequence, ident): counter ids have three parts, record ids two.
-        self._gc: list[tuple[float, int, _CounterId | _RecordId]] = []
+        # Counters by expiry: (expires at, sequence, ident).
+        self._gc: list[tuple[float, int, _CounterId]] = []
+        # Held records -> their expiry, oldest first (the ttl is the same for every call in practice;
+        # one out of order is only collected later, lookups check expiry themselves).
+        self._held: OrderedDict[_RecordId, float] = OrderedDict()
+        # Done records: (expires at, ident), in order (one window for all).
+        self._done: deque[tuple[float, _RecordId]] = deque()
         self._seq = 0
 
     def __repr__(self) -> str:
@@ -105,7 +114,7 @@ class MemoryStateStore:
 
     # -- bookkeeping -------------------------------------------------------------------------
 
-    def _schedule(self, expires_at: float, ident: _CounterId | _RecordId) -> None:
+    def _schedule(self, expires_at: float, ident: _CounterId) -> None:
         self._seq += 1
         heapq.heappush(self._gc, (expires_at, self._seq, ident))
 
@@ -115,30 +124,40 @@ class MemoryStateStore:
             if not gc or gc[0][0] > now:
                 break
             ident = heapq.heappop(gc)[2]
-            # The entry may be stale: the object was replaced, or a record's expiry moved earlier.
-            if len(ident) == 3:
-                c = self._counters.get(ident)
-                if c is not None and c.expires_at <= now:
-                    del self._counters[ident]
-            else:
-                r = self._records.get(ident)
-                if r is not None and r.expires_at <= now:
-                    del self._records[ident]
-        if len(gc) > 2 * (len(self._counters) + len(self._records)) + 1024:
+            # The entry may be stale: the counter was replaced.
+            c = self._counters.get(ident)
+            if c is not None and c.expires_at <= now:
+                del self._counters[ident]
+        if len(gc) > 2 * len(self._counters) + 1024:
             self._sweep(now)
+        held = self._held
+        for _ in range(_GC_BATCH):
+            if not held:
+                break
+            rid_ident, expires_at = next(iter(held.items()))
+            if expires_at > now:
+                break
+            del held[rid_ident]
+            self._drop_record_if_expired(rid_ident, now)
+        done = self._done
+        for _ in range(_GC_BATCH):
+            if not done or done[0][0] > now:
+                break
+            self._drop_record_if_expired(done.popleft()[1], now)
+
+    def _drop_record_if_expired(self, ident: _RecordId, now: float) -> None:
+        r = self._records.get(ident)
+        if r is not None and r.expires_at <= now:
+            del self._records[ident]
 
     def _sweep(self, now: float) -> None:
-        """Drop everything expired and rebuild the heap from what lives: O(n), after >= n pushes."""
+        """Drop expired counters and rebuild their heap from what lives: O(n), after >= n pushes."""
         self._counters = {k: c for k, c in self._counters.items() if c.expires_at > now}
-        self._records = {k: r for k, r in self._records.items() if r.expires_at > now}
         self._seq = 0
-        entries: list[tuple[float, int, _CounterId | _RecordId]] = []
+        entries: list[tuple[float, int, _CounterId]] = []
         for ck, c in self._counters.items():
             self._seq += 1
             entries.append((c.expires_at, self._seq, ck))
-        for rk, r in self._records.items():
-            self._seq += 1
-            entries.append((r.expires_at, self._seq, rk))
         heapq.heapify(entries)
         self._gc = entries
 
@@ -165,9 +184,13 @@ class MemoryStateStore:
     def _record(self, ident: _RecordId, now: float) -> _Record | None:
         r = self._records.get(ident)
         if r is not None and r.expires_at <= now:
-            del self._records[ident]
+            self._forget(ident)
             return None
         return r
+
+    def _forget(self, ident: _RecordId) -> None:
+        del self._records[ident]
+        self._held.pop(ident, None)
 
     def stats(self) -> dict[str, int]:
         """Sizes of the internal tables, for tests and debugging."""
@@ -175,7 +198,7 @@ class MemoryStateStore:
             "counters": len(self._counters),
             "holds": sum(len(c.holds) for c in self._counters.values()),
             "records": len(self._records),
-            "gc_entries": len(self._gc),
+            "gc_entries": len(self._gc) + len(self._held) + len(self._done),
         }
 
     # -- the StateStore protocol -------------------------------------------------------------
@@ -195,7 +218,7 @@ class MemoryStateStore:
         if rec is not None:
             held = _already_held(rec, buckets, reservation_id, now)
             if not held:
-                del self._records[rid_ident]
+                self._forget(rid_ident)
         slots = [slot(b, now) for b in buckets]
         counts: list[tuple[int, int]] = []
         failed: int | None = None
@@ -221,8 +244,10 @@ class MemoryStateStore:
                 c.holds[rid] = (b.amount, hold_exp)
                 heapq.heappush(c.heap, (hold_exp, rid))
             rec.fields[b.key] = (s.stamp, b.amount)
-        self._records[(tag, rid)] = rec
-        self._schedule(rec.expires_at, (tag, rid))
+        rid_ident = (tag, rid)
+        self._records[rid_ident] = rec
+        self._held[rid_ident] = rec.expires_at
+        self._held.move_to_end(rid_ident)
 
     async def settle(
         self, reservation_id: str, buckets: Sequence[Bucket], actual: Mapping[str, int], now: float | None = None
@@ -263,12 +288,15 @@ class MemoryStateStore:
             return  # some of the reservation's buckets are still held
         # Every bucket is done: remember only that, for the idempotency window.
         done_at = now + self.done_ttl_s
+        self._held.pop(rid_ident, None)
         if rec is None:
             rec = self._records[rid_ident] = _Record(done_at, 0.0)
-            self._schedule(done_at, rid_ident)
+            self._done.append((done_at, rid_ident))
         elif done_at < rec.expires_at:
             rec.expires_at = done_at
-            self._schedule(done_at, rid_ident)
+            self._done.append((done_at, rid_ident))
+        else:
+            self._held[rid_ident] = rec.expires_at  # it expires before the window would end: keep its place
         rec.done = True
         rec.fields = {}
 
@@ -294,6 +322,8 @@ class MemoryStateStore:
         self._counters.clear()
         self._records.clear()
         self._gc.clear()
+        self._held.clear()
+        self._done.clear()
 
 
 def _already_held(rec: _Record, buckets: Sequence[Bucket], rid: str, now: float) -> bool:

@@ -1,0 +1,121 @@
+"""What the config fixes about a request's limits, worked out once per (tenant, key, feature, route).
+
+Which counters a request draws on, their keys, limits and units, and the targets its prompt is
+estimated for depend only on the config; the stage used to rebuild them (and two settings models)
+on every request. A plan is built on first use and kept: the keys of the cache come from the
+config (keys and features without limits of their own share their tenant's plan), so it stays small.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from gateway.limits.pricing import usd_to_picousd
+from gateway.settings import BudgetSettings, RateLimitSettings, RouteSettings, Settings
+from gateway.store.state.base import MAX_PERIOD_UNITS, MAX_WINDOW_UNITS, Bucket
+
+Unit = Literal["tokens", "usd", "requests"]
+Kind = Literal["period", "window"]
+Period = Literal["day", "month", "minute"]
+
+
+@dataclass(frozen=True, slots=True)
+class CounterSpec:
+    key: str
+    hash_tag: str
+    limit: int
+    kind: Kind
+    period: Period
+    name: str
+    unit: Unit
+    bound: int  # an absurd request (max_tokens of billions) is refused as over the limit, never overflows
+
+    def bucket(self, tokens: int, usd: int) -> Bucket:
+        amount = tokens if self.unit == "tokens" else usd if self.unit == "usd" else 1
+        return Bucket(key=self.key, hash_tag=self.hash_tag, limit=self.limit, kind=self.kind, period=self.period,
+                      amount=min(amount, self.bound), name=self.name)
+
+
+@dataclass(frozen=True, slots=True)
+class LimitsPlan:
+    targets: tuple[tuple[str, str], ...]  # (provider kind, model) of every target the prompt may reach
+    groups: tuple[tuple[CounterSpec, ...], ...]  # one atomic reservation each (tenant's, route's)
+    units: dict[str, Unit]  # counter name -> what it counts
+    bounded: bool  # some counter counts tokens or money: completions need a max_tokens
+
+    @property
+    def empty(self) -> bool:
+        return not self.groups
+
+
+def _specs(prefix: str, tag: str, budgets: BudgetSettings | None, rates: RateLimitSettings | None,
+           route_budget: tuple[int | None, int | None] | None = None) -> list[CounterSpec]:
+    out: list[CounterSpec] = []
+
+    def add(name: str, limit: int | None, kind: Kind, period: Period, unit: Unit) -> None:
+        if limit is not None:
+            out.append(CounterSpec(key=f"{prefix}:{name}", hash_tag=tag, limit=limit, kind=kind, period=period,
+                                   name=f"{prefix}.{name}", unit=unit,
+                                   bound=MAX_WINDOW_UNITS if kind == "window" else MAX_PERIOD_UNITS))
+
+    if budgets is not None:
+        add("tokens_per_day", budgets.tokens_per_day, "period", "day", "tokens")
+        add("tokens_per_month", budgets.tokens_per_month, "period", "month", "tokens")
+        add("usd_per_day", None if budgets.usd_per_day is None else usd_to_picousd(budgets.usd_per_day),
+            "period", "day", "usd")
+        add("usd_per_month", None if budgets.usd_per_month is None else usd_to_picousd(budgets.usd_per_month),
+            "period", "month", "usd")
+    if rates is not None:
+        add("requests_per_minute", rates.requests_per_minute, "window", "minute", "requests")
+        add("tokens_per_minute", rates.tokens_per_minute, "window", "minute", "tokens")
+    if route_budget is not None:
+        tokens, usd = route_budget
+        add("tokens_per_day", tokens, "period", "day", "tokens")
+        add("usd_per_day", usd, "period", "day", "usd")
+    return out
+
+
+def build_plan(settings: Settings, tenant: str | None, key_id: str | None, feature: str | None,
+               route_name: str, route: RouteSettings) -> LimitsPlan:
+    targets = tuple((settings.providers[t.provider].kind, t.model) for t in route.targets)
+    tenant_settings = settings.tenants.get(tenant or "")
+    tenant_specs: list[CounterSpec] = []
+    if tenant_settings is not None:
+        tag = f"t:{tenant}"
+        tenant_specs += _specs(f"tenant:{tenant}", tag, tenant_settings.budgets, tenant_settings.rate_limits)
+        if key_id is not None and key_id in tenant_settings.keys:
+            scope = tenant_settings.keys[key_id]
+            tenant_specs += _specs(f"tenant:{tenant}:key:{key_id}", tag, scope.budgets, scope.rate_limits)
+        if feature is not None and feature in tenant_settings.features:
+            scope = tenant_settings.features[feature]
+            tenant_specs += _specs(f"tenant:{tenant}:feature:{feature}", tag, scope.budgets, scope.rate_limits)
+    # A route's own budget counts for every tenant; it is only enforced on requests of a known tenant.
+    route_specs = _specs(f"route:{route_name}", f"r:{route_name}", None, None, (
+        route.budget.tokens_per_day,
+        None if route.budget.usd_per_day is None else usd_to_picousd(route.budget.usd_per_day),
+    )) if tenant_settings is not None else []
+    groups = tuple(tuple(g) for g in (tenant_specs, route_specs) if g)
+    specs = [s for g in groups for s in g]
+    return LimitsPlan(targets=targets, groups=groups, units={s.name: s.unit for s in specs},
+                      bounded=any(s.unit != "requests" for s in specs))
+
+
+class PlanCache:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._plans: dict[tuple[str | None, str | None, str | None, str], LimitsPlan] = {}
+
+    def get(self, tenant: str | None, key_id: str | None, feature: str | None, route_name: str,
+            route: RouteSettings) -> LimitsPlan:
+        tenant_settings = self.settings.tenants.get(tenant or "")
+        # Keys and features without limits of their own share the tenant's plan: the cache stays config-sized.
+        if tenant_settings is None or key_id not in tenant_settings.keys:
+            key_id = None
+        if tenant_settings is None or feature not in tenant_settings.features:
+            feature = None
+        cache_key = (tenant, key_id, feature, route_name)
+        plan = self._plans.get(cache_key)
+        if plan is None:
+            plan = self._plans[cache_key] = build_plan(self.settings, tenant, key_id, feature, route_name, route)
+        return plan
