@@ -123,6 +123,9 @@ def serve(config_path: str | None, host: str | None, port: int | None, workers: 
 
     common: dict[str, Any] = dict(log_config=None, access_log=False, lifespan="on", loop="uvloop", http="httptools",
                                   timeout_graceful_shutdown=10, server_header=False,
+                                  # Nothing reads the client address; uvicorn's X-Forwarded-* layer would wrap
+                                  # every request for it.
+                                  proxy_headers=False,
                                   timeout_keep_alive=settings.server.keep_alive_s)
     if workers == 1:
         class AnnouncingServer(uvicorn.Server):

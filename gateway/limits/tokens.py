@@ -99,8 +99,8 @@ def encoding_for_model(model: str) -> tiktoken.Encoding:
 
 
 def count_text(text: str, model: str = "gpt-4o") -> int:
-    # disallowed_special=() counts special-looking text as text, as the provider would bill it.
-    return len(encoding_for_model(model).encode(text, disallowed_special=()))
+    # encode_ordinary counts special-looking text as text, as the provider would bill it.
+    return len(encoding_for_model(model).encode_ordinary(text))
 
 
 def _content_text(content: Any) -> Iterable[str]:
@@ -119,16 +119,16 @@ def count_messages(messages: Iterable[Mapping[str, Any]], model: str = "gpt-4o")
     for msg in messages:
         total += 3
         for text in _content_text(msg.get("content")):
-            total += len(enc.encode(text, disallowed_special=()))
+            total += len(enc.encode_ordinary(text))
         if isinstance(msg.get("role"), str):
-            total += len(enc.encode(msg["role"], disallowed_special=()))
+            total += len(enc.encode_ordinary(msg["role"]))
         if isinstance(msg.get("name"), str):
-            total += 1 + len(enc.encode(msg["name"], disallowed_special=()))
+            total += 1 + len(enc.encode_ordinary(msg["name"]))
         for call in msg.get("tool_calls") or ():
             fn = call.get("function") or {} if isinstance(call, Mapping) else {}
             for field in ("name", "arguments"):
                 if isinstance(fn.get(field), str):
-                    total += len(enc.encode(fn[field], disallowed_special=()))
+                    total += len(enc.encode_ordinary(fn[field]))
     return total
 
 

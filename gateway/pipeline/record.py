@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from gateway.ids import random_hex
+from gateway.ids import sortable_hex
 from gateway.limits.pricing import Pricing
 from gateway.observability.logging import AccessLog
 from gateway.observability.metrics import Metrics
@@ -24,7 +24,7 @@ def price_call(call: Call, pricing: Pricing) -> None:
 def envelope(call: Call) -> dict[str, Any]:
     usage = call.usage
     return {
-        "envelope_id": random_hex(16),
+        "envelope_id": sortable_hex(16),
         "request_id": call.request_id,
         "created_at": call.started_at,
         "tenant": call.tenant,
