@@ -94,7 +94,7 @@ class Gateway:
                    admin_caps=InFlightCaps(settings.server.admin_max_in_flight), tenant_caps=tenant_caps)
 
     def log_dropped(self) -> int:
-        return self.log_pipeline.handler.dropped if self.log_pipeline else 0
+        return self.log_pipeline.dropped if self.log_pipeline else 0
 
     async def start(self) -> None:
         for provider in self.providers.values():
