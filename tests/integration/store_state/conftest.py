@@ -17,6 +17,7 @@ from redis.asyncio import Redis
 
 from gateway.store.state.base import StateStore
 from gateway.store.state.memory import MemoryStateStore
+from gateway.store.state.periods import DEFAULT_DONE_TTL_S
 from gateway.store.state.redis import RedisStateStore
 
 REDIS_URL = os.environ.get("GATEWAY_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -79,7 +80,7 @@ async def make_redis_store(redis_prefix: str) -> AsyncIterator[RedisFactory]:
 @pytest.fixture(params=["memory", "redis"])
 async def store(request: pytest.FixtureRequest) -> AsyncIterator[StateStore]:
     if request.param == "memory":
-        mem = MemoryStateStore()
+        mem = MemoryStateStore(done_ttl_s=DEFAULT_DONE_TTL_S)  # the same window as Redis, to compare like for like
         yield mem
         await mem.aclose()
         return

@@ -14,6 +14,7 @@ from redis.crc import key_slot
 
 from gateway.store.state.base import StateStore, StateUnavailable
 from gateway.store.state.memory import MemoryStateStore
+from gateway.store.state.periods import DEFAULT_DONE_TTL_S
 from gateway.store.state.redis import RedisStateStore
 from tests.integration.store_state.conftest import REDIS_URL, RedisFactory
 from tests.support.tcpproxy import TcpProxy
@@ -232,7 +233,7 @@ async def test_a_stalled_redis_times_out_as_state_unavailable(redis_prefix: str)
 async def test_memory_and_redis_return_identical_decisions(make_redis_store: RedisFactory) -> None:
     """A random workload with a moving clock, played on both: every decision and usage must match."""
     rng = random.Random(3)
-    mem, red = MemoryStateStore(), await make_redis_store()
+    mem, red = MemoryStateStore(done_ttl_s=DEFAULT_DONE_TTL_S), await make_redis_store()
     b = [
         bucket("tpd", 5000, 0),
         bucket("usd_month", 9 * 10**15, 0, period="month"),
