@@ -29,10 +29,6 @@ CALL_KEY = "gateway.call"
 WATCH_AFTER_S = 0.05
 
 
-def new_request_id() -> str:
-    return request_id()
-
-
 def _client_request_id(headers: list[tuple[bytes, bytes]]) -> str | None:
     for name, value in headers:
         if name == b"x-request-id":
@@ -65,7 +61,7 @@ class IngressMiddleware:
             await self.app(scope, receive, send)
             return
         headers = scope["headers"]
-        call = Call(request_id=_client_request_id(headers) or new_request_id(), method=scope["method"],
+        call = Call(request_id=_client_request_id(headers) or request_id(), method=scope["method"],
                     path=scope["path"])
         scope[CALL_KEY] = call
         rid_header = (b"x-request-id", call.request_id.encode())

@@ -53,7 +53,6 @@ class _Connection(asyncio.Protocol):
         self.parser = httptools.HttpResponseParser(self)
         self.transport: asyncio.Transport | None = None
         self.closed = False
-        self.served = 0  # responses completed on this connection
         self.idle_since = 0.0
         self._reset()
 
@@ -91,12 +90,6 @@ class _Connection(asyncio.Protocol):
         if not self.complete and self.error is None:
             self.error = ConnectionLost("the connection closed before the response was complete")
         self._wake()
-
-    def pause_writing(self) -> None:  # request bodies are small; the transport buffers them
-        pass
-
-    def resume_writing(self) -> None:
-        pass
 
     def _delimited_by_close(self) -> bool:
         for name, value in self.raw_headers:
@@ -349,7 +342,6 @@ class Origin:
 
     def _release(self, conn: _Connection) -> None:
         if conn.reusable() and not self._closed:
-            conn.served += 1
             conn.idle_since = time.monotonic()
             self._idle.append(conn)
         else:

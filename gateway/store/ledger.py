@@ -22,7 +22,7 @@ from sqlalchemy import event, exc, inspect, text
 from sqlalchemy.engine import URL, Connection, make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-from gateway.store.sqlite_writer import SQLITE_BUSY_TIMEOUT_MS, SqliteWriter
+from gateway.store.sqlite_writer import CONNECTION_PRAGMAS, SqliteWriter
 
 if TYPE_CHECKING:
     from alembic.config import Config
@@ -110,11 +110,8 @@ def _install_sqlite_hooks(engine: AsyncEngine) -> None:
         # and DDL are really transactional; the "begin" hook below emits it instead.
         dbapi_conn.isolation_level = None
         cur = dbapi_conn.cursor()
-        # WAL: readers never block the writer and vice versa, which several workers need.
-        cur.execute("PRAGMA journal_mode=WAL")
-        cur.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
-        cur.execute("PRAGMA synchronous=NORMAL")
-        cur.execute("PRAGMA foreign_keys=ON")
+        for pragma in CONNECTION_PRAGMAS:
+            cur.execute(pragma)
         cur.close()
 
     @event.listens_for(engine.sync_engine, "begin")

@@ -17,6 +17,10 @@ from pathlib import Path
 from typing import Any
 
 SQLITE_BUSY_TIMEOUT_MS = 5_000
+# Every connection to a ledger file, the engine's and the writer's: WAL (readers never block the
+# writer and vice versa, which several workers need), a busy timeout, and no fsync per commit.
+CONNECTION_PRAGMAS = ("PRAGMA journal_mode=WAL", f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}",
+                      "PRAGMA synchronous=NORMAL", "PRAGMA foreign_keys=ON")
 
 
 class SqliteWriter:
@@ -32,10 +36,8 @@ class SqliteWriter:
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self._path, timeout=SQLITE_BUSY_TIMEOUT_MS / 1000, isolation_level=None,
                                check_same_thread=True)
-        # The same settings as the engine's connections (see ledger.py).
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
-        conn.execute("PRAGMA synchronous=NORMAL")
+        for pragma in CONNECTION_PRAGMAS:
+            conn.execute(pragma)
         # Appends need little cache (ids lead with the time, so inserts land on the right edge of
         # each index); SQLite's 2 MB default is resident memory in every worker.
         conn.execute("PRAGMA cache_size=-512")
