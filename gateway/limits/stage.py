@@ -53,17 +53,25 @@ class Hold:
     headers: dict[str, str] = field(default_factory=dict)
 
 
+_RATE_HEADERS = (("requests_per_minute", "requests"), ("tokens_per_minute", "tokens"))
+
+
 def _ratelimit_headers(decision: Decision, buckets: list[Bucket]) -> dict[str, str]:
     """OpenAI's x-ratelimit-* headers from the tightest requests and tokens windows."""
     out: dict[str, str] = {}
-    for unit, suffix in (("requests_per_minute", "requests"), ("tokens_per_minute", "tokens")):
-        tight = [b for b in buckets if b.name.endswith(unit)]
-        if not tight:
-            continue
-        b = min(tight, key=lambda x: decision.remaining.get(x.name, x.limit))
-        out[f"x-ratelimit-limit-{suffix}"] = str(b.limit)
-        out[f"x-ratelimit-remaining-{suffix}"] = str(max(0, decision.remaining.get(b.name, b.limit)))
-        out[f"x-ratelimit-reset-{suffix}"] = f"{decision.reset_s.get(b.name, 60.0):.3f}s"
+    remaining = decision.remaining
+    for unit, suffix in _RATE_HEADERS:
+        tight: Bucket | None = None
+        left = 0
+        for b in buckets:
+            if b.name.endswith(unit):
+                b_left = remaining.get(b.name, b.limit)
+                if tight is None or b_left < left:
+                    tight, left = b, b_left
+        if tight is not None:
+            out["x-ratelimit-limit-" + suffix] = str(tight.limit)
+            out["x-ratelimit-remaining-" + suffix] = str(max(0, left))
+            out["x-ratelimit-reset-" + suffix] = f"{decision.reset_s.get(tight.name, 60.0):.3f}s"
     return out
 
 
@@ -74,6 +82,9 @@ class Limits:
         self.metrics = metrics
         self.policy = settings.limits.on_state_error
         self.plans = PlanCache(settings)
+        # Nothing an in-process store does suspends, so a cancellation cannot cut a settlement short
+        # there and it needs no shield (a task per request); a networked store's does.
+        self._shield = not store.in_process
 
     def _completion_cap(self, body: dict[str, Any], needs_bound: bool) -> int:
         field_name = "max_completion_tokens" if "max_completion_tokens" in body else "max_tokens"
@@ -164,7 +175,10 @@ class Limits:
         if hold is None or hold.done:
             return
         hold.done = True
-        await asyncio.shield(self._settle(hold, usage, provider, model))
+        if self._shield:
+            await asyncio.shield(self._settle(hold, usage, provider, model))
+        else:
+            await self._settle(hold, usage, provider, model)
 
     async def _settle(self, hold: Hold, usage: Usage | None, provider: str | None, model: str | None) -> None:
         if usage is None or not usage.reported or provider is None or model is None:
@@ -186,7 +200,10 @@ class Limits:
         if hold is None or hold.done:
             return
         hold.done = True
-        await asyncio.shield(self._release(hold))
+        if self._shield:
+            await asyncio.shield(self._release(hold))
+        else:
+            await self._release(hold)
 
     async def _release(self, hold: Hold) -> None:
         for group in hold.groups:

@@ -11,8 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Literal, NamedTuple, Protocol
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 # Period buckets are compared exactly in Redis (as decimal strings) and counted with INCRBY, so
@@ -25,8 +24,8 @@ MAX_WINDOW_UNITS = 2**36
 _RESERVED_KEY_START = "~"
 
 
-@dataclass(frozen=True, slots=True)
-class Bucket:
+# Buckets and decisions are made on every request; tuples cost a third of a frozen dataclass.
+class Bucket(NamedTuple):
     key: str  # the counter's identity without prefix or period, e.g. "tenant:acme:tokens:day"
     hash_tag: str  # shared by all buckets of one call: Redis keys become "gw:{<hash_tag>}:..." (one cluster slot)
     limit: int  # units allowed per period/window
@@ -36,8 +35,7 @@ class Bucket:
     name: str  # for errors and headers: "tokens_per_day", "usd_per_month", "requests_per_minute", ...
 
 
-@dataclass(frozen=True, slots=True)
-class Decision:
+class Decision(NamedTuple):
     ok: bool
     failed: Bucket | None  # the first bucket that did not fit
     # When the failed bucket will have room; None when it never will (amount > limit) or when ok.
@@ -51,6 +49,10 @@ class StateUnavailable(Exception):
 
 
 class StateStore(Protocol):
+    # True when no method ever suspends (the store lives in this process): each call is atomic
+    # with respect to the event loop and cannot be cut short by a cancellation.
+    in_process: bool
+
     async def reserve(
         self, reservation_id: str, buckets: Sequence[Bucket], ttl_s: float, now: float | None = None
     ) -> Decision:

@@ -36,7 +36,7 @@ from gateway.store.state.periods import (
     Slot,
     decide,
     fits,
-    slot,
+    slots_of,
     used,
 )
 
@@ -92,6 +92,7 @@ _MISSING: Final = ("", -1)
 
 class MemoryStateStore:
     __slots__ = ("_counters", "_done", "_gc", "_held", "_records", "_seq", "done_ttl_s", "settle_grace_s")
+    in_process = True
 
     def __init__(
         self, *, settle_grace_s: float = DEFAULT_SETTLE_GRACE_S, done_ttl_s: float = MEMORY_DONE_TTL_S
@@ -219,7 +220,7 @@ class MemoryStateStore:
             held = _already_held(rec, buckets, reservation_id, now)
             if not held:
                 self._forget(rid_ident)
-        slots = [slot(b, now) for b in buckets]
+        slots = slots_of(buckets, now)
         counts: list[tuple[int, int]] = []
         failed: int | None = None
         for i, (b, s) in enumerate(zip(buckets, slots, strict=True)):
@@ -262,11 +263,10 @@ class MemoryStateStore:
         if rec is not None and rec.done:
             return
         fields = rec.fields if rec is not None else {}
-        for b in buckets:
+        for b, s in zip(buckets, slots_of(buckets, now), strict=True):
             v = fields.get(b.key, _MISSING)
             if v is None:
                 continue  # this bucket was settled or released before
-            s = slot(b, now)
             if v is _MISSING:
                 # Unknown here (never reserved, or its record is long gone): the usage is real,
                 # so it counts now.
@@ -308,8 +308,7 @@ class MemoryStateStore:
         now = time.time() if now is None else now
         self._collect(now)
         out: dict[str, int] = {}
-        for b in buckets:
-            s = slot(b, now)
+        for b, s in zip(buckets, slots_of(buckets, now), strict=True):
             cur = self._used((tag, b.key, s.stamp), now)
             prev = self._used((tag, b.key, s.prev_stamp), now) if b.kind == "window" else 0
             out[b.name] = used(b, cur, prev, s.rem_ms)

@@ -14,9 +14,9 @@ Python ints and in Lua doubles alike (within MAX_WINDOW_UNITS).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import date, timedelta
 from functools import lru_cache
+from typing import NamedTuple
 
 from gateway.store.state.base import Bucket, Decision
 
@@ -47,9 +47,8 @@ _EPOCH = date(1970, 1, 1)
 _DAY_S = 86_400
 
 
-@dataclass(frozen=True, slots=True)
-class Slot:
-    """Where one bucket counts at one instant."""
+class Slot(NamedTuple):
+    """Where one bucket counts at one instant (a tuple: several are made per request)."""
 
     stamp: str  # suffix of the current counter: "20261130" (day), "202611" (month), minutes since epoch (window)
     prev_stamp: str  # the counter before it (a window reads it; a late settle may land in it)
@@ -57,6 +56,11 @@ class Slot:
     expires_at: float  # when the current counter may be dropped (same clock as now)
     prev_expires_at: float
     rem_ms: int  # window: ms of the current minute not yet elapsed, the previous minute's weight; period: 0
+
+
+@lru_cache(maxsize=16)
+def _minute(m: int) -> tuple[str, str]:
+    return str(m), str(m - 1)
 
 
 @lru_cache(maxsize=16)
@@ -74,20 +78,32 @@ def _month(d: int) -> tuple[str, str, float, float]:
 
 
 def slot(b: Bucket, now: float) -> Slot:
-    if b.kind == "window":
-        start = int(now // 60) * 60
+    return _slot(b.kind, b.period, now)
+
+
+def slots_of(buckets: Sequence[Bucket], now: float) -> list[Slot]:
+    """`slot` of every bucket; buckets of one period share theirs (a call has several per period)."""
+    seen: dict[str, Slot] = {}
+    out: list[Slot] = []
+    for b in buckets:
+        s = seen.get(b.period)
+        if s is None:
+            s = seen[b.period] = _slot(b.kind, b.period, now)
+        out.append(s)
+    return out
+
+
+def _slot(kind: str, period: str, now: float) -> Slot:
+    if kind == "window":
+        minute = int(now // 60)
+        start = minute * 60
         elapsed_ms = min(WINDOW_MS - 1, max(0, int((now - start) * 1000)))
-        return Slot(
-            str(start // 60),
-            str(start // 60 - 1),
-            start + 60 - now,
-            start + 120 + KEY_SLACK_S,
-            start + 60 + KEY_SLACK_S,
-            WINDOW_MS - elapsed_ms,
-        )
+        stamp, prev = _minute(minute)
+        return Slot(stamp, prev, start + 60 - now, start + 120 + KEY_SLACK_S, start + 60 + KEY_SLACK_S,
+                    WINDOW_MS - elapsed_ms)
     # POSIX time has no leap seconds: UTC days are exactly 86,400 s.
     d = int(now // _DAY_S)
-    if b.period == "day":
+    if period == "day":
         stamp, prev = _day(d)
         begin, end = float(d * _DAY_S), float((d + 1) * _DAY_S)
     else:

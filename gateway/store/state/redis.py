@@ -54,7 +54,7 @@ from gateway.store.state.periods import (
     Slot,
     decide,
     key_ttl_ms,
-    slot,
+    slots_of,
     used,
 )
 
@@ -310,6 +310,7 @@ def _describe(e: BaseException) -> str:
 
 class RedisStateStore:
     __slots__ = ("_client", "_reserve", "_settle", "_usage", "done_ttl_s", "prefix", "settle_grace_s")
+    in_process = False
 
     def __init__(
         self,
@@ -387,7 +388,7 @@ class RedisStateStore:
         now = time.time() if now is None else now
         if not buckets:
             return Decision(True, None, None, {}, {})
-        slots = [slot(b, now) for b in buckets]
+        slots = slots_of(buckets, now)
         hold_exp = now + ttl_s
         record_exp = hold_exp + self.settle_grace_s
         args: list[str | int] = [
@@ -419,7 +420,7 @@ class RedisStateStore:
         now = time.time() if now is None else now
         if not buckets:
             return
-        slots = [slot(b, now) for b in buckets]
+        slots = slots_of(buckets, now)
         done_exp = now + self.done_ttl_s
         args: list[str | int] = [reservation_id, repr(now), repr(done_exp), key_ttl_ms(done_exp, now)]
         for b, s in zip(buckets, slots, strict=True):
@@ -438,7 +439,7 @@ class RedisStateStore:
         now = time.time() if now is None else now
         if not buckets:
             return {}
-        slots = [slot(b, now) for b in buckets]
+        slots = slots_of(buckets, now)
         keys = self._keys(tag, "-", buckets, slots)[1:]
         args: list[str | int] = [repr(now), *("w" if b.kind == "window" else "p" for b in buckets)]
         res = await self._run(self._usage, keys, args)

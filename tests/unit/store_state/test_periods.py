@@ -4,7 +4,16 @@ import pytest
 
 from gateway.store.state.base import state_store_from_url
 from gateway.store.state.memory import MemoryStateStore
-from gateway.store.state.periods import KEY_SLACK_S, PERIOD_KEEP_S, WINDOW_MS, fits, remaining, slot, used
+from gateway.store.state.periods import (
+    KEY_SLACK_S,
+    PERIOD_KEEP_S,
+    WINDOW_MS,
+    fits,
+    remaining,
+    slot,
+    slots_of,
+    used,
+)
 from gateway.store.state.redis import RedisStateStore
 from tests.unit.store_state.behaviour import bucket, ts
 
@@ -82,3 +91,10 @@ async def test_state_store_from_url() -> None:
     assert "hunter2" not in str(info.value)
     with pytest.raises(ValueError, match="braces"):
         RedisStateStore("redis://127.0.0.1:1/0", prefix="gw:{x}:")
+
+
+@pytest.mark.parametrize("at", [ts(2026, 11, 30, 23, 59, 59.999), ts(2026, 12, 1), ts(2028, 2, 29, 12, 30, 0.5)])
+def test_slots_of_is_slot_of_each_bucket(at: float) -> None:
+    # One slot per period is shared by the call's buckets: it must be the very slot each would get.
+    buckets = [DAY, MINUTE, bucket("d2", 5, 1), MONTH, bucket("w2", 5, 1, period="minute")]
+    assert slots_of(buckets, at) == [slot(b, at) for b in buckets]
