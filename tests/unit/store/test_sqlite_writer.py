@@ -18,6 +18,13 @@ def db(tmp_path: Path) -> Path:
     return path
 
 
+def recreate(path: Path) -> None:
+    for name in (path.name, path.name + "-wal", path.name + "-shm"):
+        (path.parent / name).unlink(missing_ok=True)
+    with sqlite3.connect(path) as conn:
+        conn.execute("CREATE TABLE t (v INTEGER NOT NULL UNIQUE)")
+
+
 def values(path: Path) -> list[int]:
     with sqlite3.connect(path) as conn:
         return [v for (v,) in conn.execute("SELECT v FROM t ORDER BY rowid")]
@@ -40,16 +47,12 @@ async def test_a_refused_statement_raises_the_drivers_error_and_those_before_it_
     await writer.aclose()
 
 
-async def test_a_broken_database_raises_and_the_next_batch_reopens_the_file(db: Path, tmp_path: Path) -> None:
+async def test_a_broken_database_raises_and_the_next_batch_reopens_the_file(db: Path) -> None:
     writer = SqliteWriter(db)
     await writer.run([(INSERT, "[1]")])
     with pytest.raises(sqlite3.OperationalError):
         await writer.run([("INSERT INTO missing (v) SELECT value FROM json_each(?)", "[1]")])
-    db.unlink()
-    for suffix in ("-wal", "-shm"):
-        Path(str(db) + suffix).unlink(missing_ok=True)
-    with sqlite3.connect(db) as conn:
-        conn.execute("CREATE TABLE t (v INTEGER NOT NULL UNIQUE)")
+    recreate(db)
     await writer.run([(INSERT, "[7]")])
     assert values(db) == [7]
     await writer.aclose()
