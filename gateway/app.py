@@ -20,6 +20,7 @@ from gateway.http.dispatch import Dispatcher
 from gateway.http.ingress import CALL_KEY, IngressMiddleware
 from gateway.limits.estimate import encodings_needed
 from gateway.limits.tokens import preload
+from gateway.malloc import limit_arenas
 from gateway.observability.logging import LogPipeline
 from gateway.runtime import Gateway
 from gateway.settings import Settings, config_path_from, load_settings
@@ -57,6 +58,7 @@ def create_app(settings: Settings, *, configure_logging: bool = True) -> ASGIApp
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        limit_arenas()  # before any thread starts (the log writer's is next)
         logs = LogPipeline(settings.server.log_level, settings.server.log_queue_size) if configure_logging else None
         if logs:
             logs.install()

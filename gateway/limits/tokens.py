@@ -8,7 +8,6 @@ hash tiktoken itself expects, so a corrupted or substituted file stops start-up 
 from __future__ import annotations
 
 import base64
-import ctypes
 import gzip
 import hashlib
 import threading
@@ -18,6 +17,8 @@ from importlib import resources
 from typing import Any
 
 import tiktoken
+
+from gateway.malloc import return_free_heap
 
 _ENDOFTEXT = "<|endoftext|>"
 
@@ -136,13 +137,6 @@ def preload(names: Iterable[str] = ("o200k_base", "cl100k_base")) -> None:
     """Load encodings at start-up so no request pays for it (and a bad file stops start-up)."""
     for name in names:
         get_encoding(name)
-    _return_free_heap()
-
-
-def _return_free_heap() -> None:
     # Building an encoding churns through ~60 MB of temporaries; glibc keeps the freed pages
-    # mapped unless asked (measured: ~5 MB of resident memory per worker). Elsewhere, a no-op.
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
+    # mapped unless asked (measured: ~5 MB of resident memory per worker).
+    return_free_heap()
