@@ -9,6 +9,7 @@ import time
 from dataclasses import dataclass, field
 
 from gateway.limits.stage import Limits
+from gateway.malloc import trim_periodically
 from gateway.observability.logging import AccessLog, LogPipeline
 from gateway.observability.metrics import Metrics
 from gateway.observability.webhook import WebhookNotifier
@@ -106,6 +107,7 @@ class Gateway:
         except Exception as e:  # the ledger may be down: env keys still work, the loop retries
             _log.warning("key cache not loaded at start-up", extra={"fields": {"error": type(e).__name__}})
         self._tasks.append(asyncio.create_task(self.key_cache.run(self.settings.storage.auth_refresh_s)))
+        self._tasks.append(asyncio.create_task(trim_periodically()))
 
     async def aclose(self) -> None:
         for task in self._tasks:
