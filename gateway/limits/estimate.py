@@ -24,7 +24,7 @@ _TOOLS_OVERHEAD = 12
 def _tools_tokens(tools: Any, model: str) -> int:
     if not isinstance(tools, list) or not tools:
         return 0
-    return _TOOLS_OVERHEAD + count_text(orjson.dumps(tools).decode(), model)
+    return _TOOLS_OVERHEAD + count_text(orjson.dumps(tools).decode(), model, repeats=True)
 
 
 def encoding_for_target(kind: str, model: str) -> str:

@@ -12,7 +12,7 @@ import gzip
 import hashlib
 import threading
 from collections.abc import Iterable, Mapping
-from functools import cache
+from functools import cache, lru_cache
 from importlib import resources
 from typing import Any
 
@@ -99,9 +99,30 @@ def encoding_for_model(model: str) -> tiktoken.Encoding:
     return get_encoding(encoding_name_for_model(model))
 
 
-def count_text(text: str, model: str = "gpt-4o") -> int:
+# Texts that repeat from request to request (roles and names, system prompts, tool definitions)
+# are counted once: tokenizing costs ~1 us per 10 characters (and more under load, when the
+# tables are out of the CPU's caches), a lookup costs a hash. Bounded in entries and in the length
+# of a text kept, so no client can make it large (at most ~8 MB); user turns are always counted.
+_CACHE_ENTRIES = 512
+_CACHE_MAX_CHARS = 16_384
+_REPEATING_ROLES = frozenset({"system", "developer"})
+
+
+@lru_cache(maxsize=_CACHE_ENTRIES)
+def _cached_count(encoding: str, text: str) -> int:
+    return len(get_encoding(encoding).encode_ordinary(text))
+
+
+def _count(enc: tiktoken.Encoding, text: str, repeats: bool) -> int:
     # encode_ordinary counts special-looking text as text, as the provider would bill it.
-    return len(encoding_for_model(model).encode_ordinary(text))
+    if repeats and len(text) <= _CACHE_MAX_CHARS:
+        return _cached_count(enc.name, text)
+    return len(enc.encode_ordinary(text))
+
+
+def count_text(text: str, model: str = "gpt-4o", *, repeats: bool = False) -> int:
+    """Tokens of `text`; `repeats`: the same text is likely sent again (a tool list), so it is cached."""
+    return _count(encoding_for_model(model), text, repeats)
 
 
 def _content_text(content: Any) -> Iterable[str]:
@@ -119,17 +140,19 @@ def count_messages(messages: Iterable[Mapping[str, Any]], model: str = "gpt-4o")
     total = 3
     for msg in messages:
         total += 3
+        role = msg.get("role")
+        repeats = role in _REPEATING_ROLES
         for text in _content_text(msg.get("content")):
-            total += len(enc.encode_ordinary(text))
-        if isinstance(msg.get("role"), str):
-            total += len(enc.encode_ordinary(msg["role"]))
+            total += _count(enc, text, repeats)
+        if isinstance(role, str):
+            total += _count(enc, role, True)
         if isinstance(msg.get("name"), str):
-            total += 1 + len(enc.encode_ordinary(msg["name"]))
+            total += 1 + _count(enc, msg["name"], True)
         for call in msg.get("tool_calls") or ():
             fn = call.get("function") or {} if isinstance(call, Mapping) else {}
             for field in ("name", "arguments"):
                 if isinstance(fn.get(field), str):
-                    total += len(enc.encode_ordinary(fn[field]))
+                    total += _count(enc, fn[field], field == "name")
     return total
 
 

@@ -50,8 +50,10 @@ SWEEP_INTERVAL_S = 60.0
 # Rows per insert statement on SQLite, which runs in this process: it spends ~25 us of CPU per row,
 # and on a machine with few cores a long burst of it delays the request path even at a lower
 # priority (measured: 15 ms bursts put the p99 at one connection from 0.9 to 4.5 ms, 1 ms bursts
-# to 1.4 ms). PostgreSQL gets a whole batch in one statement: a round trip each would cost more.
-_SQLITE_ROWS_PER_STATEMENT = 16
+# to 1.4 ms); but each statement costs the writer thread a wait for the GIL (up to 5 ms behind a
+# busy loop), so too few rows per statement and it cannot keep up. PostgreSQL gets a whole batch
+# in one statement: a round trip each would cost more.
+_SQLITE_ROWS_PER_STATEMENT = 32
 # Journal lines prepared per turn of the event loop when they are replayed (~10 us each).
 _SLICE = 16
 PING_TIMEOUT_S = 1.0

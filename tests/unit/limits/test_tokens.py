@@ -38,3 +38,26 @@ def test_a_corrupted_file_is_refused() -> None:
     assert tokens.ranks_from_gzip("t", gzip.compress(good), sha) == {b"hello": 0}
     with pytest.raises(tokens.EncodingIntegrityError):
         tokens.ranks_from_gzip("t", gzip.compress(good + b"d29ybGQ= 1\n"), sha)
+
+
+def test_repeating_texts_are_counted_once_and_count_the_same() -> None:
+    enc = tokens.get_encoding("o200k_base")
+    system = "You are a terse assistant. " * 40
+    user = "What is the capital of France, and why?"
+    messages = [{"role": "system", "content": system}, {"role": "user", "content": user}]
+    exact = 3 + sum(3 + len(enc.encode_ordinary(m["content"])) + len(enc.encode_ordinary(m["role"]))
+                    for m in messages)
+    tokens._cached_count.cache_clear()
+    assert tokens.count_messages(messages, "gpt-4o") == exact
+    assert tokens.count_messages(messages, "gpt-4o") == exact
+    info = tokens._cached_count.cache_info()
+    # Cached: the system text and both roles (3 misses, then 3 hits); the user turn is never looked up.
+    assert info.hits == 3 and info.misses == 3
+
+
+def test_a_text_past_the_cache_limit_is_counted_every_time() -> None:
+    tokens._cached_count.cache_clear()
+    long_system = "x " * tokens._CACHE_MAX_CHARS
+    tokens.count_messages([{"role": "system", "content": long_system}], "gpt-4o")
+    assert tokens._cached_count.cache_info().currsize == 1  # only the role
+
