@@ -95,7 +95,7 @@ class EnvelopeWriter:
         self._retry_interval = retry_interval_s
         self._backend = ledger.backend
         # Each queued envelope as its row in JSON (`row_json`): what a batch insert takes as it is.
-        self._buf: deque[bytes] = deque()
+        self._buf: deque[str] = deque()
         # Envelopes that cannot become rows, with the reason, for the journal's .rejected file.
         self._bad: list[dict[str, Any]] = []
         self._wake = asyncio.Event()
@@ -275,7 +275,7 @@ class EnvelopeWriter:
             return False
         return True
 
-    async def _next_batch(self) -> list[bytes]:
+    async def _next_batch(self) -> list[str]:
         buf = self._buf
         if not buf:
             if self._closing or not await self._wait_wake(self._idle_timeout()) or not buf:
@@ -316,7 +316,7 @@ class EnvelopeWriter:
             if bad:
                 self._progress.set()
 
-    async def _persist(self, batch: list[bytes]) -> None:
+    async def _persist(self, batch: list[str]) -> None:
         try:
             if not self._degraded:
                 try:
@@ -403,13 +403,13 @@ class EnvelopeWriter:
 
     async def _insert(self, rows: list[dict[str, Any]]) -> int:
         """Insert normalised rows (from the journal); see `_insert_items`."""
-        items: list[bytes] = []
+        items: list[str] = []
         for i in range(0, len(rows), _SLICE):
             items += [row_json(r, self._backend) for r in rows[i:i + _SLICE]]
             await asyncio.sleep(0)
         return await self._insert_items(items)
 
-    async def _insert_items(self, items: list[bytes]) -> int:
+    async def _insert_items(self, items: list[str]) -> int:
         """Insert a batch in one statement; rows the database refuses are set aside one by one.
 
         Returns how many rows the ledger now holds (inserted, or already there). Raises LedgerUnavailable
@@ -428,7 +428,7 @@ class EnvelopeWriter:
             return await self._insert_each(items)
         return len(items)
 
-    async def _insert_each(self, items: list[bytes]) -> int:
+    async def _insert_each(self, items: list[str]) -> int:
         ok = 0
         for item in items:
             try:
