@@ -2,18 +2,19 @@
 
 `normalize_envelope` turns an envelope (fresh from a request, or read back from a journal written
 by any version) into a row of exactly the table's columns and kinds, or refuses it. `row_json`
-makes the row one JSON array, and a whole batch goes to the driver as one statement with one
-parameter (`batch_insert`) that the database unpacks: SQLAlchemy's per-row bind processing cost
-more CPU than everything else an envelope takes, and so did the driver's binding of ~30
-parameters a row.
+makes the row one JSON array (what waits in the writer's queue), and `batch_insert` makes a batch
+one statement for the driver: SQLAlchemy's per-row bind processing cost more CPU than everything
+else an envelope takes.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
+from itertools import chain
 from typing import Any
 
 import orjson
@@ -195,13 +196,17 @@ def row_from_json(item: str) -> dict[str, Any]:
     return dict(zip(_INSERT_COLUMNS, orjson.loads(item), strict=True))
 
 
-def batch_insert(items: Sequence[str], backend: str) -> tuple[str, tuple[str]]:
-    """One statement with one parameter that inserts every `row_json` item idempotently.
+def batch_insert(items: Sequence[str], backend: str) -> tuple[str, tuple[Any, ...]]:
+    """One statement that inserts every `row_json` item idempotently.
 
-    The database unpacks the rows itself. Binding them as parameters instead holds the GIL on
-    SQLite (~0.3 ms per 64 rows of 30, during which the event loop cannot run) and costs asyncpg
-    ~30 parameters of encoding per row on the loop; one text parameter is a join."""
-    return _BATCH_INSERT[backend], ("[" + ",".join(items) + "]",)
+    PostgreSQL gets one text parameter and unpacks the rows itself: asyncpg would otherwise encode
+    ~30 parameters a row on the event loop. SQLite gets a multi-row VALUES with the values bound:
+    unpacking JSON in SQL cost it 21 us of CPU a row against 9 for binding (measured), and the
+    rows are parsed back here in one C call."""
+    batch = "[" + ",".join(items) + "]"
+    if backend == "sqlite":
+        return _sqlite_values(len(items)), tuple(chain.from_iterable(orjson.loads(batch)))
+    return _PG_INSERT, (batch,)
 
 
 def _pg_cast(column: Any) -> str:
@@ -219,12 +224,11 @@ def _insert(select: str) -> str:
     return f"INSERT INTO envelopes ({', '.join(_INSERT_COLUMNS)}) {select} ON CONFLICT (envelope_id) DO NOTHING"
 
 
-_BATCH_INSERT = {
-    # json_extract (not ->>, SQLite 3.38+) so older SQLite builds with JSON1 work too. "WHERE true":
-    # without it SQLite reads ON CONFLICT as part of the SELECT's join.
-    "sqlite": _insert("SELECT " + ", ".join(f"json_extract(value, '$[{i}]')" for i in range(len(_INSERT_COLUMNS)))
-                      + " FROM json_each(?) WHERE true"),
-    "postgresql": _insert("SELECT " + ", ".join(f"(r ->> {i}){_pg_cast(envelopes.c[c])}"
-                                                for i, c in enumerate(_INSERT_COLUMNS))
-                          + " FROM json_array_elements($1::text::json) AS r"),
-}
+@functools.lru_cache(maxsize=8)
+def _sqlite_values(rows: int) -> str:
+    marks = "(" + ", ".join("?" for _ in _INSERT_COLUMNS) + ")"
+    return _insert("VALUES " + ", ".join(marks for _ in range(rows)))
+
+
+_PG_COLUMNS = ", ".join(f"(r ->> {i}){_pg_cast(envelopes.c[c])}" for i, c in enumerate(_INSERT_COLUMNS))
+_PG_INSERT = _insert(f"SELECT {_PG_COLUMNS} FROM json_array_elements($1::text::json) AS r")

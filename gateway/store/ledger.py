@@ -198,14 +198,13 @@ class Ledger:
 
     async def write_batch(self, statements: Sequence[tuple[str, Any]]) -> None:
         """Driver-level statements (`exec_driver_sql` style: a tuple of parameters, or a list of tuples
-        for an executemany) in one write transaction. On a SQLite file each statement has exactly
-        one text parameter and is a transaction of its own, run by the writer thread: statements
-        before a failed one are in (callers insert idempotently)."""
+        for an executemany) in one write transaction; on a SQLite file the writer thread runs them
+        (a tuple of parameters each)."""
         if not statements:
             return
         if self._batch_writer is not None:
             try:
-                await self._batch_writer.run([(sql, param) for sql, (param,) in statements])
+                await self._batch_writer.run(statements)
             except (sqlite3.Error, OSError) as e:
                 raise LedgerUnavailable(f"ledger (sqlite) unavailable: {_describe(e)}") from e
             return

@@ -1,4 +1,4 @@
-"""The SQLite envelope writer's thread: statements in order, each its own transaction, errors as the driver's."""
+"""The SQLite envelope writer's thread: a batch of statements in order, in one transaction, errors as the driver's."""
 
 import sqlite3
 from pathlib import Path
@@ -30,29 +30,30 @@ def values(path: Path) -> list[int]:
         return [v for (v,) in conn.execute("SELECT v FROM t ORDER BY rowid")]
 
 
-async def test_statements_run_in_order_each_committed(db: Path) -> None:
+async def test_statements_run_in_order_and_are_committed(db: Path) -> None:
     writer = SqliteWriter(db)
-    await writer.run([(INSERT, "[1, 2]"), (INSERT, "[3]")])
+    await writer.run([(INSERT, ("[1, 2]",)), (INSERT, ("[3]",))])
     assert values(db) == [1, 2, 3]
     await writer.aclose()
 
 
-async def test_a_refused_statement_raises_the_drivers_error_and_those_before_it_stay(db: Path) -> None:
+async def test_a_refused_statement_raises_the_drivers_error_and_nothing_of_its_batch_is_in(db: Path) -> None:
     writer = SqliteWriter(db)
+    await writer.run([(INSERT, ("[1]",))])
     with pytest.raises(sqlite3.IntegrityError):
-        await writer.run([(INSERT, "[1]"), (INSERT, "[2, 1]"), (INSERT, "[3]")])
-    assert values(db) == [1]  # the refused statement is all-or-nothing; the next one never ran
-    await writer.run([(INSERT, "[4]")])  # the connection is still good
-    assert values(db) == [1, 4]
+        await writer.run([(INSERT, ("[2]",)), (INSERT, ("[3, 1]",)), (INSERT, ("[4]",))])
+    assert values(db) == [1]
+    await writer.run([(INSERT, ("[5]",))])  # the connection is still good
+    assert values(db) == [1, 5]
     await writer.aclose()
 
 
 async def test_a_broken_database_raises_and_the_next_batch_reopens_the_file(db: Path) -> None:
     writer = SqliteWriter(db)
-    await writer.run([(INSERT, "[1]")])
+    await writer.run([(INSERT, ("[1]",))])
     with pytest.raises(sqlite3.OperationalError):
-        await writer.run([("INSERT INTO missing (v) SELECT value FROM json_each(?)", "[1]")])
+        await writer.run([("INSERT INTO missing (v) SELECT value FROM json_each(?)", ("[1]",))])
     recreate(db)
-    await writer.run([(INSERT, "[7]")])
+    await writer.run([(INSERT, ("[7]",))])
     assert values(db) == [7]
     await writer.aclose()
