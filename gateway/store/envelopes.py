@@ -410,7 +410,7 @@ class EnvelopeWriter:
         return await self._insert_items(items)
 
     async def _insert_items(self, items: list[str]) -> int:
-        """Insert a batch in one statement; rows the database refuses are set aside one by one.
+        """Insert a batch in one transaction; rows the database refuses are set aside one by one.
 
         Returns how many rows the ledger now holds (inserted, or already there). Raises LedgerUnavailable
         when the database is unreachable: nothing of the batch is then known to be in, so the caller
