@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
+import functools
 
 _M_ARENA_MAX = -8
 # How often freed heap pages go back to the OS. A trim after a load peak returns ~6 MB and takes
@@ -19,6 +20,7 @@ _M_ARENA_MAX = -8
 TRIM_INTERVAL_S = 10.0
 
 
+@functools.cache
 def _libc() -> ctypes.CDLL | None:
     try:
         return ctypes.CDLL("libc.so.6")

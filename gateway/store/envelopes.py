@@ -33,7 +33,7 @@ from sqlalchemy import exc
 from gateway.store.envelope_rows import (
     ENVELOPE_KEYS,
     EnvelopeRejected,
-    batch_insert,
+    batch_statements,
     normalize_envelope,
     row_from_json,
     row_json,
@@ -47,13 +47,6 @@ log = logging.getLogger("gateway.store.envelopes")
 
 # How often a healthy writer looks for journal files that dead processes left behind.
 SWEEP_INTERVAL_S = 60.0
-# Rows per insert statement on SQLite, which runs in this process: it spends ~25 us of CPU per row,
-# and on a machine with few cores a long burst of it delays the request path even at a lower
-# priority (measured: 15 ms bursts put the p99 at one connection from 0.9 to 4.5 ms, 1 ms bursts
-# to 1.4 ms); but each statement costs the writer thread a wait for the GIL (up to 5 ms behind a
-# busy loop), so too few rows per statement and it cannot keep up. PostgreSQL gets a whole batch
-# in one statement: a round trip each would cost more.
-_SQLITE_ROWS_PER_STATEMENT = 32
 # Journal lines prepared per turn of the event loop when they are replayed (~10 us each).
 _SLICE = 16
 PING_TIMEOUT_S = 1.0
@@ -124,20 +117,21 @@ class EnvelopeWriter:
             if self._closed or len(self._buf) >= self._queue_size:
                 self._overflow(envelope)
                 return
-            try:
-                item = row_json(normalize_envelope(envelope), self._backend)
-            except Exception as e:
-                self._bad.append({"reason": str(e), "envelope": envelope})
-                self._submitted += 1
-                self._wake.set()
-                return
-            self._buf.append(item)
-            self._submitted += 1
+            self._enqueue(envelope)
             n = len(self._buf)
             if n == 1 or n >= self._batch_size:
                 self._wake.set()
         except Exception:
             log.exception("envelope submit failed")
+
+    def _enqueue(self, envelope: dict[str, Any]) -> None:
+        """Queue the envelope as its row; one that cannot become a row waits for the .rejected file."""
+        self._submitted += 1
+        try:
+            self._buf.append(row_json(normalize_envelope(envelope), self._backend))
+        except Exception as e:
+            self._bad.append({"reason": str(e), "envelope": envelope})
+            self._wake.set()
 
     def _overflow(self, envelope: dict[str, Any]) -> None:
         try:
@@ -148,11 +142,7 @@ class EnvelopeWriter:
                 return
             # The disk refused too: keep it in memory past the bound rather than lose it.
             log.error("envelope queue full and journal unwritable (%s): keeping it in memory", e)
-            try:
-                self._buf.append(row_json(normalize_envelope(envelope), self._backend))
-            except Exception as bad:
-                self._bad.append({"reason": str(bad), "envelope": envelope})
-            self._submitted += 1
+            self._enqueue(envelope)
             self._wake.set()
             return
         self._journaled += 1
@@ -419,9 +409,7 @@ class EnvelopeWriter:
         if not items:
             return 0
         try:
-            step = _SQLITE_ROWS_PER_STATEMENT if self._backend == "sqlite" else len(items)
-            await self._ledger.write_batch([batch_insert(items[i:i + step], self._backend)
-                                            for i in range(0, len(items), step)])
+            await self._ledger.write_batch(batch_statements(items, self._backend))
         except LedgerUnavailable as e:
             if not _rejected_by_database(e):
                 raise
@@ -432,7 +420,7 @@ class EnvelopeWriter:
         ok = 0
         for item in items:
             try:
-                await self._ledger.write_batch([batch_insert([item], self._backend)])
+                await self._ledger.write_batch(batch_statements([item], self._backend))
             except LedgerUnavailable as e:
                 if not _rejected_by_database(e):
                     raise

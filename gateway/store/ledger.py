@@ -197,9 +197,8 @@ class Ledger:
             raise LedgerUnavailable(f"ledger ({self.backend}) unavailable: {_describe(e)}") from e
 
     async def write_batch(self, statements: Sequence[tuple[str, Any]]) -> None:
-        """Driver-level statements (`exec_driver_sql` style: a tuple of parameters, or a list of tuples
-        for an executemany) in one write transaction; on a SQLite file the writer thread runs them
-        (a tuple of parameters each)."""
+        """Driver-level statements (`exec_driver_sql` style, a tuple of parameters each) in one write
+        transaction; on a SQLite file the writer thread runs them."""
         if not statements:
             return
         if self._batch_writer is not None:

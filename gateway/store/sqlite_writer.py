@@ -1,14 +1,14 @@
 """A SQLite ledger's envelope inserts, on their own thread, paced so they never run in long bursts.
 
-Each statement inserts a few rows (see `envelope_rows.batch_insert`), a batch is one transaction,
-and SQLite spends ~10 us of CPU per row on it, mostly without the GIL. The
-pacing matters more than the thread: on a machine with few cores, a long burst of CPU beside the
-event loop delays the request path even from a lower-priority process (measured on 2 cores: a
-15 ms burst every 100 ms put the p99 at one connection from 0.9 to 4.5 ms, whatever ran it). So a
-batch goes in statements of a few rows, and after each the thread rests as long as it ran, less
-what it already waited: behind a busy event loop, taking the GIL back after a statement can take
-the interpreter's whole switch interval (5 ms), and resting on top of that starved the writer (the
-envelope queue filled at ~2,600 requests/s).
+Each statement inserts a few rows (see `envelope_rows.batch_statements`), a batch is one
+transaction, and SQLite spends ~10 us of CPU per row on it, mostly without the GIL. The pacing
+matters more than the thread: on a machine with few cores, a long burst of CPU beside the event
+loop delays the request path even from a lower-priority process (measured on 2 cores: a 15 ms
+burst every 100 ms put the p99 at one connection from 0.9 to 4.5 ms, whatever ran it). So after
+each statement the thread rests as long as it ran, less what it already waited: behind a busy
+event loop, taking the GIL back after a statement can take the interpreter's whole switch interval
+(5 ms), and resting on top of that starved the writer (the envelope queue filled at ~2,600
+requests/s).
 """
 
 from __future__ import annotations
@@ -59,20 +59,17 @@ class SqliteWriter:
         try:
             # One transaction for the batch: a commit per statement doubled SQLite's CPU per row.
             conn.execute("BEGIN IMMEDIATE")
-            try:
-                for sql, params in statements:
-                    started, cpu_started = time.perf_counter(), time.thread_time()
-                    conn.execute(sql, params)
-                    ran = time.thread_time() - cpu_started
-                    # Time spent waiting (for the GIL, behind a busy event loop) already was a rest.
-                    waited = time.perf_counter() - started - ran
-                    if ran > waited:
-                        time.sleep(min(_MAX_REST_S, ran - waited))
-                conn.execute("COMMIT")
-            except (sqlite3.IntegrityError, sqlite3.DataError):
-                conn.execute("ROLLBACK")  # the data was refused, the connection is fine
-                raise
+            for sql, params in statements:
+                started, cpu_started = time.perf_counter(), time.thread_time()
+                conn.execute(sql, params)
+                ran = time.thread_time() - cpu_started
+                # Time spent waiting (for the GIL, behind a busy event loop) already was a rest.
+                waited = time.perf_counter() - started - ran
+                if ran > waited:
+                    time.sleep(min(_MAX_REST_S, ran - waited))
+            conn.execute("COMMIT")
         except (sqlite3.IntegrityError, sqlite3.DataError):
+            conn.execute("ROLLBACK")  # the data was refused, the connection is fine
             raise
         except BaseException:
             # The file may be gone, moved or broken: the next batch opens it afresh.
