@@ -85,43 +85,58 @@ class StateStore(Protocol):
     async def aclose(self) -> None: ...
 
 
+_BOUNDS = {("period", "day"): MAX_PERIOD_UNITS, ("period", "month"): MAX_PERIOD_UNITS,
+           ("window", "minute"): MAX_WINDOW_UNITS}
+
+
 def check_buckets(buckets: Sequence[Bucket]) -> str:
     """Validate one call's buckets and return their shared hash tag ("" for none).
 
-    Both back ends run this before touching anything, so bad input fails the same way on both."""
+    Both back ends run this before touching anything, so bad input fails the same way on both.
+    It runs on every request: the common case is one pass of cheap tests; `_bucket_error` works
+    out which rule a bad bucket broke."""
     if not buckets:
         return ""
     tag = buckets[0].hash_tag
     if not tag or "{" in tag or "}" in tag:
         # An empty or braced tag would let Redis Cluster hash each key on its own: keys in many slots.
         raise ValueError(f"bucket {buckets[0].name!r}: hash_tag must be non-empty and without braces, got {tag!r}")
-    names: set[str] = set()
-    keys: set[str] = set()
     for b in buckets:
-        if b.hash_tag != tag:
-            raise ValueError(f"buckets of one call must share a hash_tag: {tag!r} and {b.hash_tag!r} ({b.name!r})")
-        if not b.key or b.key.startswith(_RESERVED_KEY_START):
-            raise ValueError(f"bucket {b.name!r}: key must be non-empty and not start with '~', got {b.key!r}")
-        if b.name in names or b.key in keys:
-            raise ValueError(f"bucket {b.name!r}: names and keys must be unique within one call")
-        names.add(b.name)
-        keys.add(b.key)
-        if b.kind == "period":
-            if b.period not in ("day", "month"):
-                raise ValueError(f"bucket {b.name!r}: a period bucket counts per 'day' or 'month', not {b.period!r}")
-            bound = MAX_PERIOD_UNITS
-        elif b.kind == "window":
-            if b.period != "minute":
-                raise ValueError(f"bucket {b.name!r}: a window bucket counts per 'minute', not {b.period!r}")
-            bound = MAX_WINDOW_UNITS
-        else:
-            raise ValueError(f"bucket {b.name!r}: kind must be 'period' or 'window', not {b.kind!r}")
+        bound = _BOUNDS.get((b.kind, b.period))
         # bool is an int; a True limit is a bug, not a limit of one.
-        if type(b.limit) is not int or not 0 <= b.limit <= bound:
-            raise ValueError(f"bucket {b.name!r}: limit must be an int in [0, {bound}], got {b.limit!r}")
-        if type(b.amount) is not int or not 0 <= b.amount <= bound:
-            raise ValueError(f"bucket {b.name!r}: amount must be an int in [0, {bound}], got {b.amount!r}")
+        if (bound is None or b.hash_tag != tag or not b.key or b.key[0] == _RESERVED_KEY_START
+                or type(b.limit) is not int or type(b.amount) is not int
+                or not 0 <= b.limit <= bound or not 0 <= b.amount <= bound):
+            raise _bucket_error(b, tag)
+    n = len(buckets)
+    if n > 1 and (len({b.name for b in buckets}) != n or len({b.key for b in buckets}) != n):
+        seen: set[str] = set()
+        for b in buckets:
+            if b.name in seen or b.key in seen:
+                raise ValueError(f"bucket {b.name!r}: names and keys must be unique within one call")
+            seen.update((b.name, b.key))
+        raise ValueError("bucket names and keys must be unique within one call")
     return tag
+
+
+def _bucket_error(b: Bucket, tag: str) -> ValueError:
+    if b.hash_tag != tag:
+        return ValueError(f"buckets of one call must share a hash_tag: {tag!r} and {b.hash_tag!r} ({b.name!r})")
+    if not b.key or b.key.startswith(_RESERVED_KEY_START):
+        return ValueError(f"bucket {b.name!r}: key must be non-empty and not start with '~', got {b.key!r}")
+    if b.kind == "period":
+        if b.period not in ("day", "month"):
+            return ValueError(f"bucket {b.name!r}: a period bucket counts per 'day' or 'month', not {b.period!r}")
+        bound = MAX_PERIOD_UNITS
+    elif b.kind == "window":
+        if b.period != "minute":
+            return ValueError(f"bucket {b.name!r}: a window bucket counts per 'minute', not {b.period!r}")
+        bound = MAX_WINDOW_UNITS
+    else:
+        return ValueError(f"bucket {b.name!r}: kind must be 'period' or 'window', not {b.kind!r}")
+    if type(b.limit) is not int or not 0 <= b.limit <= bound:
+        return ValueError(f"bucket {b.name!r}: limit must be an int in [0, {bound}], got {b.limit!r}")
+    return ValueError(f"bucket {b.name!r}: amount must be an int in [0, {bound}], got {b.amount!r}")
 
 
 def check_settle_args(reservation_id: str, buckets: Sequence[Bucket], actual: Mapping[str, int]) -> str:

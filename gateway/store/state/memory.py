@@ -1,46 +1,48 @@
 """The embedded state store: budgets and rate limits in this process's memory.
 
 Every method runs to completion without an await, so in one event loop each reserve is atomic
-without a lock: no other request can run between the check and the hold. It mirrors the Redis
-store's layout and rules one for one (see redis.py): per counter the units used (settled + held)
-and the live holds; per reservation a record of where it held what.
+without a lock: no other request can run between the check and the hold. It follows the Redis
+store's rules one for one (see redis.py), with a layout built for one process: a counter is only
+the units used (settled + held); what a reservation holds, and until when, lives in its record
+alone. Settling or expiring a hold subtracts it through the record, once, so counters carry no
+per-request entries.
 
-Memory stays bounded. Counters and records carry the absolute time they may be dropped, fixed by
-their period (or by the reservation's ttl). Counters (a few per period) sit on a heap, rebuilt
-when stale entries outnumber them; records, one per request, sit in two queues in the order they
-expire: held ones in an ordered dict (a record leaves it the moment it is settled, in O(1)), done
-ones in a FIFO (one fixed window). Each call pops a few expired entries from each, so no call
-ever pays for a mass expiry, and nothing is swept per request. Expired holds leave a counter when
-it is next reserved on.
+Memory stays bounded and nothing is swept per request. Counters carry the absolute time they may
+be dropped (their period's end, on a heap); records, one per request, wait in queues in the order
+they expire: holding ones in an ordered dict (a record leaves it the moment it is settled, in
+O(1)), settled and abandoned ones in FIFOs. `_due` is the earliest time any queue needs attention,
+so a call before it does no bookkeeping at all. When it comes, every expired hold is given back
+before the call reads a counter (so a refusal is always exact), and a bounded batch of dead
+records and counters is dropped.
 """
 
 from __future__ import annotations
 
 import heapq
+import math
 import time
 from collections import OrderedDict, deque
 from collections.abc import Mapping, Sequence
-from typing import Final
 
 from gateway.store.state.base import (
     Bucket,
     Decision,
+    check_actual,
     check_buckets,
     check_reserve_args,
-    check_settle_args,
 )
 from gateway.store.state.periods import (
     DEFAULT_SETTLE_GRACE_S,
     MEMORY_DONE_TTL_S,
     MIN_KEY_TTL_S,
-    Slot,
     decide,
     fits,
     slots_of,
     used,
 )
 
-# Expired counters/records dropped per call at most, so one call never pays for a mass expiry.
+# Dead records and counters dropped per call at most, so one call never pays for a mass expiry.
+# (Expired holds are never deferred: they change what a reserve sees.)
 _GC_BATCH = 64
 
 _CounterId = tuple[str, str, str]  # (hash tag, bucket key, stamp)
@@ -48,50 +50,31 @@ _RecordId = tuple[str, str]  # (hash tag, reservation id)
 
 
 class _Counter:
-    __slots__ = ("expires_at", "heap", "holds", "used")
+    __slots__ = ("expires_at", "used")
 
     def __init__(self, expires_at: float) -> None:
         self.expires_at = expires_at
         self.used = 0  # settled + held
-        self.holds: dict[str, tuple[int, float]] = {}  # reservation id -> (amount, expires at)
-        # (expires at, reservation id); entries of settled holds stay until popped or rebuilt.
-        self.heap: list[tuple[float, str]] = []
-
-    def purge(self, now: float) -> None:
-        heap, holds = self.heap, self.holds
-        while heap and heap[0][0] <= now:
-            exp, rid = heapq.heappop(heap)
-            held = holds.get(rid)
-            if held is not None and held[1] == exp:
-                del holds[rid]
-                self.used -= held[0]
-
-    def drop_hold(self, rid: str) -> None:
-        held = self.holds.pop(rid, None)
-        if held is None:
-            return
-        self.used -= held[0]
-        if len(self.heap) > 2 * len(self.holds) + 16:
-            self.heap = [(exp, r) for r, (_, exp) in self.holds.items()]
-            heapq.heapify(self.heap)
 
 
 class _Record:
-    __slots__ = ("done", "expires_at", "fields", "hold_expires_at")
+    __slots__ = ("buckets", "done", "expires_at", "fields", "hold_expires_at", "holding")
 
-    def __init__(self, expires_at: float, hold_expires_at: float) -> None:
+    def __init__(self, expires_at: float, hold_expires_at: float, buckets: Sequence[Bucket]) -> None:
         self.expires_at = expires_at
         self.hold_expires_at = hold_expires_at
+        # The bucket tuple the hold was made with: settling with that same (immutable) object needs
+        # no second validation.
+        self.buckets = buckets
+        self.holding = True  # its amounts still count in the counters (not settled, not expired)
         self.done = False  # every bucket settled or released (fields then empty)
-        # bucket key -> (stamp, amount) while held; None once that bucket is settled or released.
+        # bucket key -> (stamp, amount) until that bucket is settled or released, then None.
         self.fields: dict[str, tuple[str, int] | None] = {}
 
 
-_MISSING: Final = ("", -1)
-
-
 class MemoryStateStore:
-    __slots__ = ("_counters", "_done", "_gc", "_held", "_records", "_seq", "done_ttl_s", "settle_grace_s")
+    __slots__ = ("_counters", "_done", "_due", "_gc", "_grace", "_holding", "_records", "_seq", "_unordered",
+                 "done_ttl_s", "settle_grace_s")
     in_process = True
 
     def __init__(
@@ -103,53 +86,75 @@ class MemoryStateStore:
         self._records: dict[_RecordId, _Record] = {}
         # Counters by expiry: (expires at, sequence, ident).
         self._gc: list[tuple[float, int, _CounterId]] = []
-        # Held records -> their expiry, oldest first (the ttl is the same for every call in practice;
-        # one out of order is only collected later, lookups check expiry themselves).
-        self._held: OrderedDict[_RecordId, float] = OrderedDict()
-        # Done records: (expires at, ident), in order (one window for all).
-        self._done: deque[tuple[float, _RecordId]] = deque()
         self._seq = 0
+        # Records still holding -> when the hold expires, oldest first. Every hold gets the same ttl in
+        # practice; one that expires before the last one (`_unordered`) makes expiry scan them all.
+        self._holding: OrderedDict[_RecordId, float] = OrderedDict()
+        self._unordered = False
+        # Records kept after their hold for the idempotency window (done) or for a late settle
+        # (grace): (drop at, ident), in order; a record whose expiry moved is checked when popped.
+        self._done: deque[tuple[float, _RecordId]] = deque()
+        self._grace: deque[tuple[float, _RecordId]] = deque()
+        self._due = math.inf  # no queue needs attention before this
 
     def __repr__(self) -> str:
         return "MemoryStateStore()"
 
     # -- bookkeeping -------------------------------------------------------------------------
 
-    def _schedule(self, expires_at: float, ident: _CounterId) -> None:
-        self._seq += 1
-        heapq.heappush(self._gc, (expires_at, self._seq, ident))
-
     def _collect(self, now: float) -> None:
+        holding = self._holding
+        if self._unordered:
+            for ident in [i for i, exp in holding.items() if exp <= now]:
+                self._expire_hold(ident, now)
+            if not holding:
+                self._unordered = False
+        else:
+            while holding:
+                ident, expires_at = next(iter(holding.items()))
+                if expires_at > now:
+                    break
+                self._expire_hold(ident, now)
+        for queue in (self._done, self._grace):
+            for _ in range(_GC_BATCH):
+                if not queue or queue[0][0] > now:
+                    break
+                ident = queue.popleft()[1]
+                r = self._records.get(ident)
+                if r is not None and r.expires_at <= now:
+                    del self._records[ident]
         gc = self._gc
         for _ in range(_GC_BATCH):
             if not gc or gc[0][0] > now:
                 break
-            ident = heapq.heappop(gc)[2]
-            # The entry may be stale: the counter was replaced.
-            c = self._counters.get(ident)
+            counter_id = heapq.heappop(gc)[2]
+            c = self._counters.get(counter_id)  # the entry may be stale: the counter was replaced
             if c is not None and c.expires_at <= now:
-                del self._counters[ident]
+                del self._counters[counter_id]
         if len(gc) > 2 * len(self._counters) + 1024:
             self._sweep(now)
-        held = self._held
-        for _ in range(_GC_BATCH):
-            if not held:
-                break
-            rid_ident, expires_at = next(iter(held.items()))
-            if expires_at > now:
-                break
-            del held[rid_ident]
-            self._drop_record_if_expired(rid_ident, now)
-        done = self._done
-        for _ in range(_GC_BATCH):
-            if not done or done[0][0] > now:
-                break
-            self._drop_record_if_expired(done.popleft()[1], now)
+        self._due = min(
+            (min(holding.values()) if self._unordered else next(iter(holding.values()))) if holding else math.inf,
+            self._done[0][0] if self._done else math.inf,
+            self._grace[0][0] if self._grace else math.inf,
+            gc[0][0] if gc else math.inf,
+        )
 
-    def _drop_record_if_expired(self, ident: _RecordId, now: float) -> None:
-        r = self._records.get(ident)
-        if r is not None and r.expires_at <= now:
-            del self._records[ident]
+    def _expire_hold(self, ident: _RecordId, now: float) -> None:
+        """The hold was never settled: its amounts leave the counters; the record waits for a late settle."""
+        del self._holding[ident]
+        rec = self._records.get(ident)
+        if rec is None or not rec.holding:
+            return
+        rec.holding = False
+        tag = ident[0]
+        for key, held in rec.fields.items():
+            if held is not None and held[1]:
+                c = self._counters.get((tag, key, held[0]))
+                if c is not None:
+                    c.used -= held[1]
+        self._grace.append((rec.expires_at, ident))
+        self._due_by(rec.expires_at)
 
     def _sweep(self, now: float) -> None:
         """Drop expired counters and rebuild their heap from what lives: O(n), after >= n pushes."""
@@ -162,44 +167,45 @@ class MemoryStateStore:
         heapq.heapify(entries)
         self._gc = entries
 
+    def _due_by(self, at: float) -> None:
+        if at < self._due:
+            self._due = at
+
     def _counter(self, ident: _CounterId, now: float) -> _Counter | None:
         c = self._counters.get(ident)
-        if c is not None and c.expires_at <= now:
-            del self._counters[ident]
-            return None
-        return c
+        return c if c is not None and c.expires_at > now else None
 
     def _new_counter(self, ident: _CounterId, expires_at: float, now: float) -> _Counter:
         c = _Counter(max(expires_at, now + MIN_KEY_TTL_S))
         self._counters[ident] = c
-        self._schedule(c.expires_at, ident)
+        self._seq += 1
+        heapq.heappush(self._gc, (c.expires_at, self._seq, ident))
+        self._due_by(c.expires_at)
         return c
 
     def _used(self, ident: _CounterId, now: float) -> int:
-        c = self._counter(ident, now)
-        if c is None:
-            return 0
-        c.purge(now)
-        return c.used
+        c = self._counters.get(ident)
+        return c.used if c is not None and c.expires_at > now else 0
 
     def _record(self, ident: _RecordId, now: float) -> _Record | None:
         r = self._records.get(ident)
         if r is not None and r.expires_at <= now:
-            self._forget(ident)
+            self._forget(ident, r, now)
             return None
         return r
 
-    def _forget(self, ident: _RecordId) -> None:
+    def _forget(self, ident: _RecordId, rec: _Record, now: float) -> None:
+        if rec.holding:  # given back now, out of turn
+            self._expire_hold(ident, now)
         del self._records[ident]
-        self._held.pop(ident, None)
 
     def stats(self) -> dict[str, int]:
         """Sizes of the internal tables, for tests and debugging."""
         return {
             "counters": len(self._counters),
-            "holds": sum(len(c.holds) for c in self._counters.values()),
+            "holds": sum(sum(v is not None for v in self._records[i].fields.values()) for i in self._holding),
             "records": len(self._records),
-            "gc_entries": len(self._gc) + len(self._held) + len(self._done),
+            "gc_entries": len(self._gc) + len(self._holding) + len(self._done) + len(self._grace),
         }
 
     # -- the StateStore protocol -------------------------------------------------------------
@@ -209,60 +215,81 @@ class MemoryStateStore:
     ) -> Decision:
         tag = check_buckets(buckets)
         check_reserve_args(reservation_id, ttl_s)
-        now = time.time() if now is None else now
-        self._collect(now)
+        if now is None:
+            now = time.time()
+        if now >= self._due:
+            self._collect(now)
         if not buckets:
             return Decision(True, None, None, {}, {})
-        rid_ident = (tag, reservation_id)
+        ident = (tag, reservation_id)
         held = False
-        rec = self._record(rid_ident, now)
+        rec = self._record(ident, now)
         if rec is not None:
             held = _already_held(rec, buckets, reservation_id, now)
             if not held:
-                self._forget(rid_ident)
+                self._forget(ident, rec, now)
         slots = slots_of(buckets, now)
+        counters = self._counters
         counts: list[tuple[int, int]] = []
         failed: int | None = None
-        for i, (b, s) in enumerate(zip(buckets, slots, strict=True)):
-            cur = self._used((tag, b.key, s.stamp), now)
-            prev = self._used((tag, b.key, s.prev_stamp), now) if b.kind == "window" else 0
+        for i, b in enumerate(buckets):
+            s = slots[i]
+            c = counters.get((tag, b.key, s.stamp))
+            cur = c.used if c is not None and c.expires_at > now else 0
+            if b.kind == "window":
+                c = counters.get((tag, b.key, s.prev_stamp))
+                prev = c.used if c is not None and c.expires_at > now else 0
+            else:
+                prev = 0
             counts.append((cur, prev))
             if failed is None and not held and not fits(b, cur, prev, s.rem_ms):
                 failed = i
         if failed is None and not held:
-            self._hold(tag, reservation_id, buckets, slots, now, now + ttl_s)
+            hold_exp = now + ttl_s
+            rec = _Record(hold_exp + self.settle_grace_s, hold_exp, buckets)
+            fields = rec.fields
+            for i, b in enumerate(buckets):
+                s = slots[i]
+                if b.amount > 0:  # a zero hold changes no count; the record still says where to settle
+                    counter_id = (tag, b.key, s.stamp)
+                    c = counters.get(counter_id)
+                    if c is None or c.expires_at <= now:
+                        c = self._new_counter(counter_id, s.expires_at, now)
+                    c.used += b.amount
+                fields[b.key] = (s.stamp, b.amount)
+            self._records[ident] = rec
+            holding = self._holding
+            if holding and hold_exp < next(reversed(holding.values())):
+                self._unordered = True
+            holding[ident] = hold_exp
+            self._due_by(hold_exp)
         return decide(buckets, slots, counts, failed, held)
-
-    def _hold(
-        self, tag: str, rid: str, buckets: Sequence[Bucket], slots: Sequence[Slot], now: float, hold_exp: float
-    ) -> None:
-        rec = _Record(hold_exp + self.settle_grace_s, hold_exp)
-        for b, s in zip(buckets, slots, strict=True):
-            if b.amount > 0:  # a zero hold changes no count; the record still says where to settle
-                ident = (tag, b.key, s.stamp)
-                c = self._counter(ident, now) or self._new_counter(ident, s.expires_at, now)
-                c.used += b.amount
-                c.holds[rid] = (b.amount, hold_exp)
-                heapq.heappush(c.heap, (hold_exp, rid))
-            rec.fields[b.key] = (s.stamp, b.amount)
-        rid_ident = (tag, rid)
-        self._records[rid_ident] = rec
-        self._held[rid_ident] = rec.expires_at
-        self._held.move_to_end(rid_ident)
 
     async def settle(
         self, reservation_id: str, buckets: Sequence[Bucket], actual: Mapping[str, int], now: float | None = None
     ) -> None:
-        tag = check_settle_args(reservation_id, buckets, actual)
-        now = time.time() if now is None else now
-        self._collect(now)
+        rec: _Record | None = None
+        if type(buckets) is tuple and buckets and type(buckets[0]) is Bucket:
+            tag = buckets[0].hash_tag
+            rec = self._records.get((tag, reservation_id))
+        if rec is None or rec.buckets is not buckets:
+            # Anything but the very tuple this id was reserved with (validated then) is checked now.
+            tag = check_buckets(buckets)
+            if not reservation_id:
+                raise ValueError("reservation_id must be non-empty")
+        check_actual(buckets, actual)
+        if now is None:
+            now = time.time()
+        if now >= self._due:
+            self._collect(now)
         if not buckets:
             return
-        rid_ident = (tag, reservation_id)
-        rec = self._record(rid_ident, now)
+        ident = (tag, reservation_id)
+        rec = self._record(ident, now)
         if rec is not None and rec.done:
             return
         fields = rec.fields if rec is not None else {}
+        holding = rec is not None and rec.holding
         for b, s in zip(buckets, slots_of(buckets, now), strict=True):
             v = fields.get(b.key, _MISSING)
             if v is None:
@@ -271,32 +298,38 @@ class MemoryStateStore:
                 # Unknown here (never reserved, or its record is long gone): the usage is real,
                 # so it counts now.
                 stamp, reserved, expires_at = s.stamp, b.amount, s.expires_at
+                was_held = 0
             else:
                 stamp, reserved = v
                 expires_at = s.expires_at if stamp == s.stamp else s.prev_expires_at if stamp == s.prev_stamp else 0.0
+                was_held = reserved if holding else 0
             spent = actual.get(b.name, reserved)
             # A hold older than the previous period or minute sits in a counter nothing reads again.
-            if expires_at:
-                ident = (tag, b.key, stamp)
-                c = self._counter(ident, now)
-                if c is not None:
-                    c.drop_hold(reservation_id)  # already purged if it expired: never subtracted twice
-                if spent:
-                    (c or self._new_counter(ident, expires_at, now)).used += spent
+            if expires_at and (spent or was_held):
+                counter_id = (tag, b.key, stamp)
+                c = self._counter(counter_id, now)
+                if c is None:
+                    if spent:
+                        self._new_counter(counter_id, expires_at, now).used += spent
+                else:
+                    c.used += spent - was_held
             fields[b.key] = None
-        if any(v is not None for v in fields.values()):
+        new = rec is None
+        if rec is None:
+            rec = self._records[ident] = _Record(now + self.done_ttl_s, 0.0, buckets)
+            rec.holding = False
+        elif any(v is not None for v in fields.values()):
             return  # some of the reservation's buckets are still held
         # Every bucket is done: remember only that, for the idempotency window.
+        queued = not new  # a record whose hold expired already waits in the grace queue
+        if rec.holding:
+            rec.holding, queued = False, False
+            del self._holding[ident]
         done_at = now + self.done_ttl_s
-        self._held.pop(rid_ident, None)
-        if rec is None:
-            rec = self._records[rid_ident] = _Record(done_at, 0.0)
-            self._done.append((done_at, rid_ident))
-        elif done_at < rec.expires_at:
-            rec.expires_at = done_at
-            self._done.append((done_at, rid_ident))
-        else:
-            self._held[rid_ident] = rec.expires_at  # it expires before the window would end: keep its place
+        if not queued or done_at < rec.expires_at:
+            rec.expires_at = min(rec.expires_at, done_at)
+            self._done.append((rec.expires_at, ident))
+            self._due_by(rec.expires_at)
         rec.done = True
         rec.fields = {}
 
@@ -305,8 +338,10 @@ class MemoryStateStore:
 
     async def usage(self, buckets: Sequence[Bucket], now: float | None = None) -> dict[str, int]:
         tag = check_buckets(buckets)
-        now = time.time() if now is None else now
-        self._collect(now)
+        if now is None:
+            now = time.time()
+        if now >= self._due:
+            self._collect(now)
         out: dict[str, int] = {}
         for b, s in zip(buckets, slots_of(buckets, now), strict=True):
             cur = self._used((tag, b.key, s.stamp), now)
@@ -321,8 +356,13 @@ class MemoryStateStore:
         self._counters.clear()
         self._records.clear()
         self._gc.clear()
-        self._held.clear()
+        self._holding.clear()
         self._done.clear()
+        self._grace.clear()
+        self._due = math.inf
+
+
+_MISSING = ("", -1)
 
 
 def _already_held(rec: _Record, buckets: Sequence[Bucket], rid: str, now: float) -> bool:

@@ -93,14 +93,35 @@ def slots_of(buckets: Sequence[Bucket], now: float) -> list[Slot]:
     return out
 
 
-def _slot(kind: str, period: str, now: float) -> Slot:
-    if kind == "window":
+class _Span(NamedTuple):
+    """The minute, day or month `now` falls in: everything of a Slot that does not move with `now`."""
+
+    begin: float
+    end: float
+    stamp: str
+    prev_stamp: str
+    expires_at: float
+    prev_expires_at: float
+
+
+# period -> the span last asked for: a memo of the pure `_span_of`, so the calendar arithmetic runs
+# once a minute (day, month) instead of on every request.
+_last_span: dict[str, _Span] = {}
+
+
+def _span(period: str, now: float) -> _Span:
+    span = _last_span.get(period)
+    if span is None or not span.begin <= now < span.end:
+        span = _last_span[period] = _span_of(period, now)
+    return span
+
+
+def _span_of(period: str, now: float) -> _Span:
+    if period == "minute":
         minute = int(now // 60)
-        start = minute * 60
-        elapsed_ms = min(WINDOW_MS - 1, max(0, int((now - start) * 1000)))
+        start = float(minute * 60)
         stamp, prev = _minute(minute)
-        return Slot(stamp, prev, start + 60 - now, start + 120 + KEY_SLACK_S, start + 60 + KEY_SLACK_S,
-                    WINDOW_MS - elapsed_ms)
+        return _Span(start, start + 60, stamp, prev, start + 120 + KEY_SLACK_S, start + 60 + KEY_SLACK_S)
     # POSIX time has no leap seconds: UTC days are exactly 86,400 s.
     d = int(now // _DAY_S)
     if period == "day":
@@ -108,7 +129,16 @@ def _slot(kind: str, period: str, now: float) -> Slot:
         begin, end = float(d * _DAY_S), float((d + 1) * _DAY_S)
     else:
         stamp, prev, begin, end = _month(d)
-    return Slot(stamp, prev, end - now, end + PERIOD_KEEP_S, begin + PERIOD_KEEP_S, 0)
+    return _Span(begin, end, stamp, prev, end + PERIOD_KEEP_S, begin + PERIOD_KEEP_S)
+
+
+def _slot(kind: str, period: str, now: float) -> Slot:
+    span = _span(period, now)
+    if kind == "window":
+        elapsed_ms = min(WINDOW_MS - 1, max(0, int((now - span.begin) * 1000)))
+        return Slot(span.stamp, span.prev_stamp, span.end - now, span.expires_at, span.prev_expires_at,
+                    WINDOW_MS - elapsed_ms)
+    return Slot(span.stamp, span.prev_stamp, span.end - now, span.expires_at, span.prev_expires_at, 0)
 
 
 def key_ttl_ms(expires_at: float, now: float) -> int:
@@ -162,7 +192,13 @@ def decide(
     left: dict[str, int] = {}
     reset: dict[str, float] = {}
     for b, s, (cur, prev) in zip(buckets, slots, counts, strict=True):
-        left[b.name] = remaining(b, cur, prev, s.rem_ms, b.amount if add else 0)
+        # `remaining`, inlined: this runs for every bucket of every request.
+        extra = b.amount if add else 0
+        if b.kind == "period":
+            free = b.limit - cur - extra
+        else:
+            free = (b.limit * WINDOW_MS - prev * s.rem_ms - (cur + extra) * WINDOW_MS) // WINDOW_MS
+        left[b.name] = free if free > 0 else 0
         reset[b.name] = s.reset_s
     if failed is None:
         return Decision(True, None, None, left, reset)

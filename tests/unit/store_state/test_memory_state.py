@@ -73,14 +73,31 @@ async def test_the_gc_heap_is_rebuilt_when_stale_entries_pile_up() -> None:
     assert stats["gc_entries"] <= 2 * (stats["counters"] + stats["records"]) + 1024
 
 
-async def test_settled_holds_do_not_pile_up_in_a_counter() -> None:
+async def test_settled_holds_leave_nothing_in_the_counters_or_the_hold_queue() -> None:
     store = MemoryStateStore()
     b = BUCKETS[:1]
     for i in range(5000):
         assert (await store.reserve(f"r{i}", b, 3600, now=NOON)).ok
         await store.settle(f"r{i}", b, {}, now=NOON)
-    (counter,) = (c for k, c in store._counters.items() if k[1] == b[0].key)
-    assert len(counter.holds) == 0 and len(counter.heap) <= 16
+    assert store.stats()["holds"] == 0
+    assert not store._holding
+    assert await store.usage(b, now=NOON) == {"tpd": 5000 * 100}  # settled as reserved: each kept its 100
+    # One second later the idempotency window is over: the done records leave, a batch per call.
+    for i in range(100):
+        await store.usage(b, now=NOON + MEMORY_DONE_TTL_S + i * 0.001)
+    assert store.stats()["records"] == 0
+
+
+async def test_holds_with_different_ttls_expire_each_on_time() -> None:
+    store = MemoryStateStore()
+    b = [bucket("tpd", 100, 40)]
+    assert (await store.reserve("long", b, 600, now=NOON)).ok
+    assert (await store.reserve("short", b, 10, now=NOON)).ok  # expires before the one queued ahead of it
+    assert not (await store.reserve("third", b, 600, now=NOON + 9)).ok
+    assert (await store.reserve("third", b, 600, now=NOON + 10)).ok
+    assert await store.usage(b, now=NOON + 10) == {"tpd": 80}
+    assert await store.usage(b, now=NOON + 600) == {"tpd": 40}
+    assert await store.usage(b, now=NOON + 610) == {"tpd": 0}
 
 
 async def test_concurrent_reserves_are_atomic_without_a_lock() -> None:
