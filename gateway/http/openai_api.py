@@ -27,7 +27,6 @@ from gateway.pipeline.policy import allowed_routes, apply_route_caps, resolve_ro
 from gateway.providers.base import ChatStream, Usage
 from gateway.resilience.backoff import retry_after_headers
 from gateway.runtime import Gateway
-from gateway.settings import RouteSettings
 
 _log = logging.getLogger("gateway.stream")
 
@@ -92,19 +91,12 @@ def _admit_tenant(gw: Gateway, call: Call) -> None:
     call.deferred.append(lambda: gw.tenant_caps.leave(tenant))
 
 
-async def _reserve(gw: Gateway, call: Call, route: RouteSettings, body: dict[str, Any]) -> Hold | None:
-    hold = await gw.limits.reserve(call, route, body)
-    if hold is not None:
-        call.extra_headers.update(hold.headers)
-    return hold
-
-
 async def chat_completions(inbound: Inbound) -> JSONReply | SSEResponse:
     gw, call, body = await _begin(inbound, "chat")
     call.model_requested = validate_chat(body)
     route = resolve_route(gw.settings, call, call.model_requested)
     apply_route_caps(body, route)
-    hold = await _reserve(gw, call, route, body)
+    hold = await gw.limits.reserve(call, route, body)
     stream_mode = bool(body.get("stream"))
     try:
         if not stream_mode:
@@ -190,7 +182,7 @@ async def embeddings(inbound: Inbound) -> JSONReply:
     gw, call, body = await _begin(inbound, "embeddings")
     call.model_requested = validate_embeddings(body)
     route = resolve_route(gw.settings, call, call.model_requested)
-    hold = await _reserve(gw, call, route, body)
+    hold = await gw.limits.reserve(call, route, body)
     try:
         result = await gw.router.embeddings(call, route, body)
     except BaseException:

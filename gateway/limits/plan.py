@@ -13,7 +13,7 @@ from typing import Literal
 
 from gateway.limits.pricing import usd_to_picousd
 from gateway.settings import BudgetSettings, RateLimitSettings, RouteSettings, Settings
-from gateway.store.state.base import MAX_PERIOD_UNITS, MAX_WINDOW_UNITS, Bucket
+from gateway.store.state.base import MAX_PERIOD_UNITS, MAX_WINDOW_UNITS, Bucket, CheckedBuckets, check_buckets
 
 Unit = Literal["tokens", "usd", "requests"]
 Kind = Literal["period", "window"]
@@ -33,15 +33,48 @@ class CounterSpec:
 
     def bucket(self, tokens: int, usd: int) -> Bucket:
         amount = tokens if self.unit == "tokens" else usd if self.unit == "usd" else 1
-        return Bucket(key=self.key, hash_tag=self.hash_tag, limit=self.limit, kind=self.kind, period=self.period,
-                      amount=min(amount, self.bound), name=self.name)
+        # Clamped into [0, bound]: what CheckedBuckets promises the store.
+        return Bucket(self.key, self.hash_tag, self.limit, self.kind, self.period,
+                      self.bound if amount > self.bound else amount if amount > 0 else 0, self.name)
+
+
+# OpenAI's x-ratelimit-* headers: (unit of the window counter, header names), each reporting the tightest window.
+_RATE_HEADERS = (
+    ("requests_per_minute", ("x-ratelimit-limit-requests", "x-ratelimit-remaining-requests",
+                             "x-ratelimit-reset-requests")),
+    ("tokens_per_minute", ("x-ratelimit-limit-tokens", "x-ratelimit-remaining-tokens", "x-ratelimit-reset-tokens")),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class GroupPlan:
+    """The counters of one atomic reservation, and what is derived from them once."""
+
+    specs: tuple[CounterSpec, ...]
+    names: tuple[str, ...]
+    units: tuple[Unit, ...]
+    # Header names and the indexes of the counters the tightest of which they report.
+    header_windows: tuple[tuple[tuple[str, str, str], tuple[int, ...]], ...]
+
+    @classmethod
+    def of(cls, specs: list[CounterSpec]) -> GroupPlan:
+        check_buckets([s.bucket(0, 0) for s in specs])  # once, so the store need not on every request
+        windows = tuple((names, idx) for suffix, names in _RATE_HEADERS
+                        if (idx := tuple(i for i, s in enumerate(specs) if s.name.endswith(suffix))))
+        return cls(tuple(specs), tuple(s.name for s in specs), tuple(s.unit for s in specs), windows)
+
+    def buckets(self, tokens: int, usd: int) -> CheckedBuckets:
+        return CheckedBuckets([spec.bucket(tokens, usd) for spec in self.specs])
+
+    def actual(self, tokens: int, usd: int) -> dict[str, int]:
+        return {name: tokens if unit == "tokens" else usd if unit == "usd" else 1
+                for name, unit in zip(self.names, self.units, strict=True)}
 
 
 @dataclass(frozen=True, slots=True)
 class LimitsPlan:
     targets: tuple[tuple[str, str], ...]  # (provider kind, model) of every target the prompt may reach
-    groups: tuple[tuple[CounterSpec, ...], ...]  # one atomic reservation each (tenant's, route's)
-    units: dict[str, Unit]  # counter name -> what it counts
+    groups: tuple[GroupPlan, ...]  # one atomic reservation each (tenant's, route's)
     bounded: bool  # some counter counts tokens or money: completions need a max_tokens
 
     @property
@@ -95,10 +128,9 @@ def build_plan(settings: Settings, tenant: str | None, key_id: str | None, featu
         route.budget.tokens_per_day,
         None if route.budget.usd_per_day is None else usd_to_picousd(route.budget.usd_per_day),
     )) if tenant_settings is not None else []
-    groups = tuple(tuple(g) for g in (tenant_specs, route_specs) if g)
-    specs = [s for g in groups for s in g]
-    return LimitsPlan(targets=targets, groups=groups, units={s.name: s.unit for s in specs},
-                      bounded=any(s.unit != "requests" for s in specs))
+    groups = tuple(GroupPlan.of(g) for g in (tenant_specs, route_specs) if g)
+    return LimitsPlan(targets=targets, groups=groups,
+                      bounded=any(s.unit != "requests" for g in groups for s in g.specs))
 
 
 class PlanCache:

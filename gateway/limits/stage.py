@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from gateway.errors import BadRequest, GatewayError, RateLimited, ServiceUnavailable
 from gateway.ids import random_hex
 from gateway.limits.estimate import estimate_embeddings, estimate_prompt
-from gateway.limits.plan import PlanCache, Unit
+from gateway.limits.plan import GroupPlan, PlanCache
 from gateway.observability.metrics import Metrics
 from gateway.pipeline.context import Call
 from gateway.providers.base import Usage
@@ -44,35 +43,27 @@ class Hold:
     """What one call reserved; settled or released exactly once."""
 
     reservation_id: str
-    groups: list[list[Bucket]]
-    units: dict[str, Unit]  # bucket name -> what it counts
+    groups: list[tuple[GroupPlan, tuple[Bucket, ...]]]  # what each reserved group holds
     prompt_tokens: int
     completion_tokens: int
     usd_picousd: int
     done: bool = False
-    headers: dict[str, str] = field(default_factory=dict)
 
 
-_RATE_HEADERS = (("requests_per_minute", "requests"), ("tokens_per_minute", "tokens"))
-
-
-def _ratelimit_headers(decision: Decision, buckets: list[Bucket]) -> dict[str, str]:
+def _ratelimit_headers(decision: Decision, group: tuple[Bucket, ...], plan: GroupPlan, out: dict[str, str]) -> None:
     """OpenAI's x-ratelimit-* headers from the tightest requests and tokens windows."""
-    out: dict[str, str] = {}
     remaining = decision.remaining
-    for unit, suffix in _RATE_HEADERS:
-        tight: Bucket | None = None
-        left = 0
-        for b in buckets:
-            if b.name.endswith(unit):
-                b_left = remaining.get(b.name, b.limit)
-                if tight is None or b_left < left:
-                    tight, left = b, b_left
-        if tight is not None:
-            out["x-ratelimit-limit-" + suffix] = str(tight.limit)
-            out["x-ratelimit-remaining-" + suffix] = str(max(0, left))
-            out["x-ratelimit-reset-" + suffix] = f"{decision.reset_s.get(tight.name, 60.0):.3f}s"
-    return out
+    for (limit_name, remaining_name, reset_name), indexes in plan.header_windows:
+        tight = group[indexes[0]]
+        left = remaining.get(tight.name, tight.limit)
+        for i in indexes[1:]:
+            b = group[i]
+            b_left = remaining.get(b.name, b.limit)
+            if b_left < left:
+                tight, left = b, b_left
+        out[limit_name] = str(tight.limit)
+        out[remaining_name] = str(left if left > 0 else 0)
+        out[reset_name] = f"{decision.reset_s.get(tight.name, 60.0):.3f}s"
 
 
 class Limits:
@@ -85,6 +76,7 @@ class Limits:
         # Nothing an in-process store does suspends, so a cancellation cannot cut a settlement short
         # there and it needs no shield (a task per request); a networked store's does.
         self._shield = not store.in_process
+        self._ttl_s = settings.limits.reservation_ttl_s
 
     def _completion_cap(self, body: dict[str, Any], needs_bound: bool) -> int:
         field_name = "max_completion_tokens" if "max_completion_tokens" in body else "max_tokens"
@@ -121,6 +113,7 @@ class Limits:
         return prompt
 
     async def reserve(self, call: Call, route: RouteSettings, body: dict[str, Any]) -> Hold | None:
+        """Hold what the call may spend on every counter it draws on; the x-ratelimit-* headers go on the Call."""
         plan = self.plans.get(call.tenant, call.key_id, call.feature, call.route or "", route)
         prompt = self.check_input(call, route, body, plan.targets)
         if plan.empty:
@@ -128,12 +121,11 @@ class Limits:
         completion = self._completion_cap(body, plan.bounded) if call.kind == "chat" else 0
         tokens = prompt + completion
         usd = self._price_bound(route, prompt, completion)
-        hold = Hold(reservation_id=random_hex(12), groups=[], units=plan.units, prompt_tokens=prompt,
-                    completion_tokens=completion, usd_picousd=usd)
-        for specs in plan.groups:
-            group = [spec.bucket(tokens, usd) for spec in specs]
+        hold = Hold(random_hex(12), [], prompt, completion, usd)
+        for group_plan in plan.groups:
+            group = group_plan.buckets(tokens, usd)
             try:
-                decision = await self.store.reserve(hold.reservation_id, group, self.settings.limits.reservation_ttl_s)
+                decision = await self.store.reserve(hold.reservation_id, group, self._ttl_s)
             except StateUnavailable as e:
                 if self._unchecked_allowed(group, e):
                     continue
@@ -142,12 +134,12 @@ class Limits:
                                 headers=retry_after_headers(1.0)) from None
             if not decision.ok:
                 await self.release(hold)
-                raise self._refusal(decision, group)
-            hold.groups.append(group)
-            hold.headers.update(_ratelimit_headers(decision, group))
+                raise self._refusal(decision, group, group_plan)
+            hold.groups.append((group_plan, group))
+            _ratelimit_headers(decision, group, group_plan, call.extra_headers)
         return hold if hold.groups else None
 
-    def _unchecked_allowed(self, group: list[Bucket], error: StateUnavailable) -> bool:
+    def _unchecked_allowed(self, group: tuple[Bucket, ...], error: StateUnavailable) -> bool:
         has_budget = any(b.kind == "period" for b in group)
         allowed = (not has_budget or self.policy.budgets == "open") and self.policy.rate_limits == "open"
         self.metrics.state_errors.labels("open" if allowed else "closed").inc()
@@ -155,10 +147,11 @@ class Limits:
                    extra={"fields": {"error": str(error)[:300]}})
         return allowed
 
-    def _refusal(self, decision: Decision, group: list[Bucket]) -> GatewayError:
+    def _refusal(self, decision: Decision, group: tuple[Bucket, ...], plan: GroupPlan) -> GatewayError:
         failed = decision.failed
         assert failed is not None
-        headers = {**retry_after_headers(decision.retry_after_s or 1.0), **_ratelimit_headers(decision, group)}
+        headers = retry_after_headers(decision.retry_after_s or 1.0)
+        _ratelimit_headers(decision, group, plan, headers)
         self.metrics.rejected.labels("budget" if failed.kind == "period" else "rate_limit").inc()
         if failed.kind == "period":
             return InsufficientQuota(
@@ -187,11 +180,9 @@ class Limits:
             actual_tokens = usage.prompt_tokens + usage.completion_tokens
             actual_usd = self.settings.pricing.cost_picousd(provider, model, usage.prompt_tokens,
                                                             usage.completion_tokens, usage.cached_tokens)
-        amounts = {"tokens": actual_tokens, "usd": actual_usd, "requests": 1}
-        for group in hold.groups:
-            actual: Mapping[str, int] = {b.name: amounts[hold.units[b.name]] for b in group}
+        for group_plan, group in hold.groups:
             try:
-                await self.store.settle(hold.reservation_id, group, actual)
+                await self.store.settle(hold.reservation_id, group, group_plan.actual(actual_tokens, actual_usd))
             except StateUnavailable:
                 self.metrics.state_errors.labels("settle").inc()
                 _log.error("state store unreachable at settlement; the reservation will expire")
@@ -206,7 +197,7 @@ class Limits:
             await self._release(hold)
 
     async def _release(self, hold: Hold) -> None:
-        for group in hold.groups:
+        for _, group in hold.groups:
             try:
                 await self.store.release(hold.reservation_id, group)
             except StateUnavailable:

@@ -35,6 +35,14 @@ class Bucket(NamedTuple):
     name: str  # for errors and headers: "tokens_per_day", "usd_per_month", "requests_per_minute", ...
 
 
+class CheckedBuckets(tuple[Bucket, ...]):
+    """Buckets whose fields were validated when their caller was built (`check_buckets` on every
+    counter of a limits plan, amounts clamped to their bound since): a store need not check them
+    again on every request. Nothing else should make one."""
+
+    __slots__ = ()
+
+
 class Decision(NamedTuple):
     ok: bool
     failed: Bucket | None  # the first bucket that did not fit

@@ -26,6 +26,7 @@ from collections.abc import Mapping, Sequence
 
 from gateway.store.state.base import (
     Bucket,
+    CheckedBuckets,
     Decision,
     check_actual,
     check_buckets,
@@ -35,10 +36,15 @@ from gateway.store.state.periods import (
     DEFAULT_SETTLE_GRACE_S,
     MEMORY_DONE_TTL_S,
     MIN_KEY_TTL_S,
+    WINDOW_MS,
+    Slot,
+    Span,
     decide,
     fits,
     slots_of,
+    span_at,
     used,
+    window_weight_ms,
 )
 
 # Dead records and counters dropped per call at most, so one call never pays for a mass expiry.
@@ -213,7 +219,7 @@ class MemoryStateStore:
     async def reserve(
         self, reservation_id: str, buckets: Sequence[Bucket], ttl_s: float, now: float | None = None
     ) -> Decision:
-        tag = check_buckets(buckets)
+        tag = buckets[0].hash_tag if type(buckets) is CheckedBuckets else check_buckets(buckets)
         check_reserve_args(reservation_id, ttl_s)
         if now is None:
             now = time.time()
@@ -222,48 +228,68 @@ class MemoryStateStore:
         if not buckets:
             return Decision(True, None, None, {}, {})
         ident = (tag, reservation_id)
-        held = False
         rec = self._record(ident, now)
         if rec is not None:
-            held = _already_held(rec, buckets, reservation_id, now)
-            if not held:
-                self._forget(ident, rec, now)
-        slots = slots_of(buckets, now)
+            if _already_held(rec, buckets, reservation_id, now):  # a retry of a live hold: nothing changes
+                slots = slots_of(buckets, now)
+                return decide(buckets, slots, self._counts(tag, buckets, slots, now), None, True)
+            self._forget(ident, rec, now)  # its hold expired unsettled: the id may be used again
+        return self._reserve_fresh(tag, ident, buckets, ttl_s, now)
+
+    def _reserve_fresh(self, tag: str, ident: _RecordId, buckets: Sequence[Bucket], ttl_s: float,
+                       now: float) -> Decision:
+        # One pass: read, check and work out the headers' figures; a refusal is rare and takes the
+        # general path (periods.decide) for its retry-after. The arithmetic is periods.fits and
+        # periods.remaining, inlined: this runs for every counter of every request.
         counters = self._counters
-        counts: list[tuple[int, int]] = []
-        failed: int | None = None
-        for i, b in enumerate(buckets):
-            s = slots[i]
-            c = counters.get((tag, b.key, s.stamp))
-            cur = c.used if c is not None and c.expires_at > now else 0
+        left: dict[str, int] = {}
+        reset: dict[str, float] = {}
+        found: list[tuple[Bucket, Span, _Counter | None]] = []
+        for b in buckets:
+            span = span_at(b.period, now)
+            c = counters.get((tag, b.key, span.stamp))
+            if c is not None and c.expires_at <= now:
+                c = None
+            cur = c.used + b.amount if c is not None else b.amount
             if b.kind == "window":
-                c = counters.get((tag, b.key, s.prev_stamp))
-                prev = c.used if c is not None and c.expires_at > now else 0
+                p = counters.get((tag, b.key, span.prev_stamp))
+                weighted = p.used * window_weight_ms(span, now) if p is not None and p.expires_at > now else 0
+                free = (b.limit * WINDOW_MS - weighted - cur * WINDOW_MS) // WINDOW_MS
             else:
-                prev = 0
-            counts.append((cur, prev))
-            if failed is None and not held and not fits(b, cur, prev, s.rem_ms):
-                failed = i
-        if failed is None and not held:
-            hold_exp = now + ttl_s
-            rec = _Record(hold_exp + self.settle_grace_s, hold_exp, buckets)
-            fields = rec.fields
-            for i, b in enumerate(buckets):
-                s = slots[i]
-                if b.amount > 0:  # a zero hold changes no count; the record still says where to settle
-                    counter_id = (tag, b.key, s.stamp)
-                    c = counters.get(counter_id)
-                    if c is None or c.expires_at <= now:
-                        c = self._new_counter(counter_id, s.expires_at, now)
-                    c.used += b.amount
-                fields[b.key] = (s.stamp, b.amount)
-            self._records[ident] = rec
-            holding = self._holding
-            if holding and hold_exp < next(reversed(holding.values())):
-                self._unordered = True
-            holding[ident] = hold_exp
-            self._due_by(hold_exp)
-        return decide(buckets, slots, counts, failed, held)
+                free = b.limit - cur
+            if free < 0:
+                return self._refuse(tag, buckets, now)
+            left[b.name] = free
+            reset[b.name] = span.end - now
+            found.append((b, span, c))
+        hold_exp = now + ttl_s
+        rec = _Record(hold_exp + self.settle_grace_s, hold_exp, buckets)
+        fields = rec.fields
+        for b, span, c in found:
+            if b.amount > 0:  # a zero hold changes no count; the record still says where to settle
+                if c is None:
+                    c = self._new_counter((tag, b.key, span.stamp), span.expires_at, now)
+                c.used += b.amount
+            fields[b.key] = (span.stamp, b.amount)
+        self._records[ident] = rec
+        holding = self._holding
+        if holding and hold_exp < next(reversed(holding.values())):
+            self._unordered = True
+        holding[ident] = hold_exp
+        self._due_by(hold_exp)
+        return Decision(True, None, None, left, reset)
+
+    def _counts(self, tag: str, buckets: Sequence[Bucket], slots: Sequence[Slot], now: float) -> list[tuple[int, int]]:
+        return [(self._used((tag, b.key, s.stamp), now),
+                 self._used((tag, b.key, s.prev_stamp), now) if b.kind == "window" else 0)
+                for b, s in zip(buckets, slots, strict=True)]
+
+    def _refuse(self, tag: str, buckets: Sequence[Bucket], now: float) -> Decision:
+        slots = slots_of(buckets, now)
+        counts = self._counts(tag, buckets, slots, now)
+        failed = next(i for i, (b, s, (cur, prev)) in enumerate(zip(buckets, slots, counts, strict=True))
+                      if not fits(b, cur, prev, s.rem_ms))
+        return decide(buckets, slots, counts, failed, False)
 
     async def settle(
         self, reservation_id: str, buckets: Sequence[Bucket], actual: Mapping[str, int], now: float | None = None
@@ -290,7 +316,8 @@ class MemoryStateStore:
             return
         fields = rec.fields if rec is not None else {}
         holding = rec is not None and rec.holding
-        for b, s in zip(buckets, slots_of(buckets, now), strict=True):
+        for b in buckets:
+            s = span_at(b.period, now)
             v = fields.get(b.key, _MISSING)
             if v is None:
                 continue  # this bucket was settled or released before

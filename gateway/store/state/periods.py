@@ -93,7 +93,7 @@ def slots_of(buckets: Sequence[Bucket], now: float) -> list[Slot]:
     return out
 
 
-class _Span(NamedTuple):
+class Span(NamedTuple):
     """The minute, day or month `now` falls in: everything of a Slot that does not move with `now`."""
 
     begin: float
@@ -106,22 +106,22 @@ class _Span(NamedTuple):
 
 # period -> the span last asked for: a memo of the pure `_span_of`, so the calendar arithmetic runs
 # once a minute (day, month) instead of on every request.
-_last_span: dict[str, _Span] = {}
+_last_span: dict[str, Span] = {}
 
 
-def _span(period: str, now: float) -> _Span:
+def span_at(period: str, now: float) -> Span:
     span = _last_span.get(period)
     if span is None or not span.begin <= now < span.end:
         span = _last_span[period] = _span_of(period, now)
     return span
 
 
-def _span_of(period: str, now: float) -> _Span:
+def _span_of(period: str, now: float) -> Span:
     if period == "minute":
         minute = int(now // 60)
         start = float(minute * 60)
         stamp, prev = _minute(minute)
-        return _Span(start, start + 60, stamp, prev, start + 120 + KEY_SLACK_S, start + 60 + KEY_SLACK_S)
+        return Span(start, start + 60, stamp, prev, start + 120 + KEY_SLACK_S, start + 60 + KEY_SLACK_S)
     # POSIX time has no leap seconds: UTC days are exactly 86,400 s.
     d = int(now // _DAY_S)
     if period == "day":
@@ -129,16 +129,20 @@ def _span_of(period: str, now: float) -> _Span:
         begin, end = float(d * _DAY_S), float((d + 1) * _DAY_S)
     else:
         stamp, prev, begin, end = _month(d)
-    return _Span(begin, end, stamp, prev, end + PERIOD_KEEP_S, begin + PERIOD_KEEP_S)
+    return Span(begin, end, stamp, prev, end + PERIOD_KEEP_S, begin + PERIOD_KEEP_S)
 
 
 def _slot(kind: str, period: str, now: float) -> Slot:
-    span = _span(period, now)
+    span = span_at(period, now)
     if kind == "window":
-        elapsed_ms = min(WINDOW_MS - 1, max(0, int((now - span.begin) * 1000)))
         return Slot(span.stamp, span.prev_stamp, span.end - now, span.expires_at, span.prev_expires_at,
-                    WINDOW_MS - elapsed_ms)
+                    window_weight_ms(span, now))
     return Slot(span.stamp, span.prev_stamp, span.end - now, span.expires_at, span.prev_expires_at, 0)
+
+
+def window_weight_ms(span: Span, now: float) -> int:
+    """The previous minute's weight: ms of the current minute not yet elapsed (1..60_000)."""
+    return WINDOW_MS - min(WINDOW_MS - 1, max(0, int((now - span.begin) * 1000)))
 
 
 def key_ttl_ms(expires_at: float, now: float) -> int:
