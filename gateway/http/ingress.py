@@ -151,20 +151,26 @@ class _DisconnectWatch:
     timer costs a fraction of a task.
     """
 
-    __slots__ = ("_event", "_limit", "_receive", "_seen", "_task", "_timer", "_watcher", "disconnected",
-                 "response_complete")
+    __slots__ = ("_body_done", "_event", "_limit", "_receive", "_seen", "_task", "_timer", "_watcher",
+                 "disconnected", "response_complete")
 
     def __init__(self, receive: Receive, limit: int) -> None:
         self._receive, self._limit, self._seen = receive, limit, 0
         self._task = asyncio.current_task()
         self._watcher: asyncio.Task[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
-        self._event: asyncio.Event | None = None
+        self._body_done = False
+        self._event: asyncio.Event | None = None  # made only for a receive() after the body (rare)
         self.disconnected = False
         self.response_complete = False
 
     async def receive(self) -> Message:
-        if self._event is not None:
+        if self._body_done:
+            # Only the watcher reads the connection now; a second reader waits for the disconnect.
+            if self._event is None:
+                self._event = asyncio.Event()
+                if self.disconnected:
+                    self._event.set()
             await self._event.wait()
             return {"type": "http.disconnect"}
         message = await self._receive()
@@ -176,7 +182,7 @@ class _DisconnectWatch:
                     await _drain(self._receive, limit=16 * self._limit)
                 raise PayloadTooLarge(f"Request body exceeds the limit of {self._limit} bytes.")
             if not more:
-                self._event = asyncio.Event()
+                self._body_done = True
                 self._timer = asyncio.get_running_loop().call_later(WATCH_AFTER_S, self._start_watch)
         return message
 
@@ -193,8 +199,8 @@ class _DisconnectWatch:
         if self.response_complete:
             return
         self.disconnected = True
-        assert self._event is not None
-        self._event.set()
+        if self._event is not None:
+            self._event.set()
         if self._task is not None:
             self._task.cancel()
 

@@ -34,6 +34,7 @@ from gateway.store.envelope_rows import (
     ENVELOPE_KEYS,
     EnvelopeRejected,
     batch_statements,
+    envelope_row_json,
     normalize_envelope,
     row_from_json,
     row_json,
@@ -128,7 +129,7 @@ class EnvelopeWriter:
         """Queue the envelope as its row; one that cannot become a row waits for the .rejected file."""
         self._submitted += 1
         try:
-            self._buf.append(row_json(normalize_envelope(envelope), self._backend))
+            self._buf.append(envelope_row_json(envelope, self._backend))
         except Exception as e:
             self._bad.append({"reason": str(e), "envelope": envelope})
             self._wake.set()

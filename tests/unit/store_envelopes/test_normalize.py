@@ -6,7 +6,7 @@ from decimal import Decimal
 
 import pytest
 
-from gateway.store.envelope_rows import row_from_json, row_json
+from gateway.store.envelope_rows import envelope_row_json, row_from_json, row_json
 from gateway.store.envelopes import ENVELOPE_KEYS, EnvelopeRejected, normalize_envelope
 from gateway.store.schema import envelopes
 
@@ -108,3 +108,37 @@ def test_a_queued_row_is_text_of_its_own_size() -> None:
         assert isinstance(item, str) and sys.getsizeof(item) < len(item) + 100
         back = row_from_json(item)
         assert normalize_envelope(back) == row
+
+
+def _gateway_envelope(**changes: object) -> dict[str, object]:
+    env: dict[str, object] = {key: None for key in ENVELOPE_KEYS}
+    env.update(envelope_id="0190abc", request_id="req_1", created_at=1_764_460_800.123456, tenant="acme",
+               route="chat", model_requested="chat", model_served="gpt-4o-mini", provider="up",
+               attempts=[{"provider": "up", "model": "gpt-4o-mini", "status": 200, "latency_ms": 1.5}],
+               prompt_tokens=42, completion_tokens=20, cached_tokens=0, cost_picousd=18_000_000, cache_saved_tokens=0,
+               cache_saved_picousd=0, latency_ms=1.25, status=200, stream=False, usage_reported=True)
+    env.pop("day", None)
+    env.update(changes)
+    return env
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgresql"])
+@pytest.mark.parametrize("changes", [
+    {},  # what every request leaves: the one-pass path
+    {"ttft_ms": 3.5, "stream": True, "feature": "search", "error_type": "UpstreamTimeout", "status": 504},
+    {"model_served": "a\x00b"},  # the rest take the full path, and must end the same
+    {"prompt_tokens": 2**31 - 1, "cost_picousd": 2**63 - 1},
+    {"prompt_tokens": "12", "stream": 1, "latency_ms": "2.5", "created_at": 1_764_460_800},
+    {"attempts": '[{"provider": "p"}]', "safety_flags": {"pii": {"email"}}},
+    {"created_at": datetime(2025, 1, 1, 12, tzinfo=timezone(timedelta(hours=2)))},
+    {"latency_ms": float("inf"), "request_body": '{"model": "chat"}'},
+])
+def test_the_one_pass_row_equals_the_full_path(backend: str, changes: dict[str, object]) -> None:
+    env = _gateway_envelope(**changes)
+    assert envelope_row_json(env, backend) == row_json(normalize_envelope(env), backend)
+
+
+@pytest.mark.parametrize("changes", [{"prompt_tokens": 2**31}, {"request_id": ""}, {"created_at": "yesterday"}])
+def test_the_one_pass_row_rejects_what_the_full_path_rejects(changes: dict[str, object]) -> None:
+    with pytest.raises(EnvelopeRejected):
+        envelope_row_json(_gateway_envelope(**changes), "sqlite")
