@@ -6,10 +6,10 @@ reasons from fixed sets; tenants are config-declared too. Nothing request-specif
 
 from __future__ import annotations
 
-from typing import Any
-
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from gateway.observability.loop_metrics import LoopCounter, LoopHistogram
 
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 _BREAKER_STATE_VALUE = {"closed": 0, "half_open": 1, "open": 2}
@@ -21,40 +21,31 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
-        self.requests = Counter("gateway_requests", "Model requests answered, by route and status class.",
-                                ["route", "tenant", "status"], registry=r)
-        self.latency = Histogram("gateway_request_duration_seconds", "Time to the full answer, by route.",
-                                 ["route"], buckets=_LATENCY_BUCKETS, registry=r)
-        self.attempts = Counter("gateway_upstream_attempts", "Upstream attempts by target and outcome.",
-                                ["provider", "model", "outcome"], registry=r)
+        # What every request records: plain numbers on the event loop (see loop_metrics.py).
+        self.requests = LoopCounter("gateway_requests", "Model requests answered, by route and status class.",
+                                    ["route", "tenant", "status"])
+        self.latency = LoopHistogram("gateway_request_duration_seconds", "Time to the full answer, by route.",
+                                     ["route"], _LATENCY_BUCKETS)
+        self.attempts = LoopCounter("gateway_upstream_attempts", "Upstream attempts by target and outcome.",
+                                    ["provider", "model", "outcome"])
+        self.tokens = LoopCounter("gateway_tokens", "Tokens served, by route and kind.", ["route", "kind"])
+        self.estimate_gap = LoopHistogram("gateway_token_estimate_gap_ratio",
+                                          "(reported - estimated) / estimated prompt tokens, by provider.",
+                                          ["provider"], (-0.5, -0.2, -0.1, -0.05, -0.01, 0, 0.01, 0.05, 0.1, 0.2, 0.5))
+        for collector in (self.requests, self.latency, self.attempts, self.tokens, self.estimate_gap):
+            r.register(collector)
         self.rejected = Counter("gateway_rejected", "Requests shed before any upstream call, by reason.",
                                 ["reason"], registry=r)
         self.breaker_transitions = Counter("gateway_breaker_transitions", "Circuit breaker transitions.",
                                            ["target", "to_state"], registry=r)
         self.breaker_state = Gauge("gateway_breaker_state", "Breaker state: 0 closed, 1 half-open, 2 open.",
                                    ["target"], registry=r)
-        self.tokens = Counter("gateway_tokens", "Tokens served, by route and kind.", ["route", "kind"], registry=r)
         self.state_errors = Counter("gateway_state_errors", "State store failures by what the limits did.",
                                     ["outcome"], registry=r)
-        self.estimate_gap = Histogram("gateway_token_estimate_gap_ratio",
-                                      "(reported - estimated) / estimated prompt tokens, by provider.",
-                                      ["provider"],
-                                      buckets=(-0.5, -0.2, -0.1, -0.05, -0.01, 0, 0.01, 0.05, 0.1, 0.2, 0.5),
-                                      registry=r)
         self.log_dropped = Gauge("gateway_log_records_dropped", "Log records dropped because the queue was full.",
                                  registry=r)
         self.webhook_dropped = Counter("gateway_webhook_dropped", "Webhook notifications dropped (queue full or "
                                        "delivery failed).", registry=r)
-
-        # Label children by value: prometheus_client's labels() validates and locks on every call.
-        self._children: dict[tuple[Any, ...], Any] = {}
-
-    def child(self, metric: Counter | Histogram, *labels: str) -> Any:
-        key = (id(metric), *labels)
-        found = self._children.get(key)
-        if found is None:
-            found = self._children[key] = metric.labels(*labels)
-        return found
 
     def breaker_changed(self, target: str, to_state: str) -> None:
         self.breaker_transitions.labels(target, to_state).inc()

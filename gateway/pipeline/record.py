@@ -62,18 +62,18 @@ def record_call(call: Call, metrics: Metrics, access_log: AccessLog, pricing: Pr
     if call.kind in _MODEL_KINDS and call.route is not None:
         price_call(call, pricing)
         route = call.route
-        metrics.child(metrics.requests, route, call.tenant or "", str(call.status)).inc()
-        metrics.child(metrics.latency, route).observe(call.elapsed_ms() / 1000)
+        metrics.requests.inc((route, call.tenant or "", str(call.status)))
+        metrics.latency.observe((route,), call.elapsed_ms() / 1000)
         for attempt in call.attempts:
             outcome = "skipped" if attempt.skipped else ("ok" if attempt.status == 200 else (attempt.error or "error"))
-            metrics.child(metrics.attempts, attempt.provider, attempt.model, outcome).inc()
+            metrics.attempts.inc((attempt.provider, attempt.model, outcome))
         usage = call.usage
         if usage is not None:
-            metrics.child(metrics.tokens, route, "prompt").inc(usage.prompt_tokens)
-            metrics.child(metrics.tokens, route, "completion").inc(usage.completion_tokens)
+            metrics.tokens.inc((route, "prompt"), usage.prompt_tokens)
+            metrics.tokens.inc((route, "completion"), usage.completion_tokens)
             if usage.reported and call.prompt_estimate:
-                metrics.child(metrics.estimate_gap, call.provider or "").observe(
-                    (usage.prompt_tokens - call.prompt_estimate) / call.prompt_estimate)
+                metrics.estimate_gap.observe((call.provider or "",),
+                                             (usage.prompt_tokens - call.prompt_estimate) / call.prompt_estimate)
         if envelopes is not None and call.tenant is not None:
             envelopes.submit(envelope(call))
     if not quiet:
