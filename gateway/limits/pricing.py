@@ -10,9 +10,10 @@ from __future__ import annotations
 from decimal import ROUND_HALF_UP, Context, Decimal
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator
 
 PICO_PER_USD = 10**12
+_PICO_CACHE_MAX = 4096
 # USD per 1M tokens -> pico-dollars per token.
 _PICO_PER_TOKEN = Decimal(10**6)
 
@@ -44,17 +45,31 @@ class Pricing(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     prices: dict[str, Price] = Field(default_factory=dict)
+    # (provider, model) -> Price.pico(): a request prices its call up to three times, and each
+    # pico() is three Decimal products. Keys come from the config's targets (bounded below anyway).
+    _pico: dict[tuple[str, str], tuple[int, int, int] | None] = PrivateAttr(default_factory=dict)
 
     def price_for(self, provider: str, model: str) -> Price | None:
         return self.prices.get(f"{provider}/{model}")
 
+    def _pico_for(self, provider: str, model: str) -> tuple[int, int, int] | None:
+        key = (provider, model)
+        try:
+            return self._pico[key]
+        except KeyError:
+            price = self.price_for(provider, model)
+            pico = None if price is None else price.pico()
+            if len(self._pico) < _PICO_CACHE_MAX:
+                self._pico[key] = pico
+            return pico
+
     def cost_picousd(self, provider: str, model: str, prompt_tokens: int, completion_tokens: int,
                      cached_tokens: int = 0) -> int:
         """Exact cost of one call; 0 for a target without a price (reported at start-up by the audit)."""
-        price = self.price_for(provider, model)
-        if price is None:
+        pico = self._pico_for(provider, model)
+        if pico is None:
             return 0
-        p_in, p_cached, p_out = price.pico()
+        p_in, p_cached, p_out = pico
         cached = min(cached_tokens, prompt_tokens)
         return (prompt_tokens - cached) * p_in + cached * p_cached + completion_tokens * p_out
 

@@ -170,6 +170,8 @@ _CREATED = _INSERT_COLUMNS.index("created_at")
 _DAY = _INSERT_COLUMNS.index("day")
 _JSON_AT = tuple(_INSERT_COLUMNS.index(c) for c in _JSON)
 _BOOL_AT = tuple(_INSERT_COLUMNS.index(c) for c in _BOOL)
+_ENVELOPE_ID = _INSERT_COLUMNS.index("envelope_id")
+_REQUEST_ID = _INSERT_COLUMNS.index("request_id")
 
 
 def row_json(row: Mapping[str, Any], backend: str) -> str:
@@ -196,11 +198,10 @@ def row_json(row: Mapping[str, Any], backend: str) -> str:
     return orjson.dumps(values).decode()
 
 
-_TEXT_KIND, _INT32_KIND, _INT64_KIND, _FLOAT_KIND, _BOOL_KIND, _JSON_KIND, _OTHER_KIND = range(7)
-_KIND_OF = {**dict.fromkeys(_TEXT, _TEXT_KIND), **dict.fromkeys(_INT32, _INT32_KIND),
-            **dict.fromkeys(_INT64, _INT64_KIND), **dict.fromkeys(_FLOAT, _FLOAT_KIND),
-            **dict.fromkeys(_BOOL, _BOOL_KIND), **dict.fromkeys(_JSON, _JSON_KIND)}
-_COLUMN_KINDS = tuple((c, _KIND_OF.get(c, _OTHER_KIND)) for c in _INSERT_COLUMNS)
+_TEXT_AT = tuple(_INSERT_COLUMNS.index(c) for c in ("request_id", *_TEXT))
+_INT32_AT = tuple(_INSERT_COLUMNS.index(c) for c in _INT32)
+_INT64_AT = tuple(_INSERT_COLUMNS.index(c) for c in _INT64)
+_FLOAT_AT = tuple(_INSERT_COLUMNS.index(c) for c in _FLOAT)
 _I32_LO, _I32_HI = _RANGE[32]
 _I64_LO, _I64_HI = _RANGE[64]
 
@@ -222,57 +223,53 @@ def envelope_row_json(env: Mapping[str, Any], backend: str) -> str:
 
 
 def _plain_row_json(env: Mapping[str, Any], backend: str) -> str:
-    get = env.get
-    values: list[Any] = []
-    append = values.append
-    created = get("created_at")
-    if type(created) is not float or not get("envelope_id") or not get("request_id"):
+    values = [env.get(c) for c in _INSERT_COLUMNS]
+    created = values[_CREATED]
+    if type(created) is not float or not values[_ENVELOPE_ID] or type(values[_ENVELOPE_ID]) is not str:
         raise _NotPlain
+    for i in _TEXT_AT:
+        v = values[i]
+        if v is not None and (type(v) is not str or "\x00" in v):
+            raise _NotPlain
+    if not values[_REQUEST_ID]:
+        raise _NotPlain
+    for i in _INT32_AT:
+        v = values[i]
+        if v is None:
+            values[i] = 0
+        elif type(v) is not int or not _I32_LO <= v <= _I32_HI:
+            raise _NotPlain
+    for i in _INT64_AT:
+        v = values[i]
+        if v is None:
+            values[i] = 0
+        elif type(v) is not int or not _I64_LO <= v <= _I64_HI:
+            raise _NotPlain
+    for i in _FLOAT_AT:
+        v = values[i]
+        if v is not None and (type(v) is not float or not math.isfinite(v)):
+            raise _NotPlain
+    for i in _BOOL_AT:
+        v = values[i]
+        if type(v) is not bool:
+            raise _NotPlain
+        if backend == "sqlite":
+            values[i] = int(v)  # see row_json
+    for i in _JSON_AT:
+        v = values[i]
+        if v is not None:
+            if type(v) is not list and type(v) is not dict:
+                raise _NotPlain
+            try:
+                values[i] = orjson.dumps(v).decode()
+            except TypeError:
+                raise _NotPlain from None
     try:
         at = datetime.fromtimestamp(created, UTC)
     except (OverflowError, OSError, ValueError):
         raise _NotPlain from None
-    for column, kind in _COLUMN_KINDS:
-        v = get(column)
-        if kind == _TEXT_KIND:
-            if v is not None and (type(v) is not str or "\x00" in v):
-                raise _NotPlain
-        elif kind == _INT32_KIND:
-            if v is None:
-                v = 0
-            elif type(v) is not int or not _I32_LO <= v <= _I32_HI:
-                raise _NotPlain
-        elif kind == _INT64_KIND:
-            if v is None:
-                v = 0
-            elif type(v) is not int or not _I64_LO <= v <= _I64_HI:
-                raise _NotPlain
-        elif kind == _FLOAT_KIND:
-            if v is not None and (type(v) is not float or not math.isfinite(v)):
-                raise _NotPlain
-        elif kind == _BOOL_KIND:
-            if type(v) is not bool:
-                raise _NotPlain
-            if backend == "sqlite":
-                v = int(v)  # see row_json
-        elif kind == _JSON_KIND:
-            if v is not None:
-                if type(v) is not list and type(v) is not dict:
-                    raise _NotPlain
-                try:
-                    v = orjson.dumps(v).decode()
-                except TypeError:
-                    raise _NotPlain from None
-        elif column == "envelope_id" or column == "request_id":
-            if type(v) is not str or "\x00" in v:
-                raise _NotPlain
-        elif column == "created_at":
-            v = at.replace(tzinfo=None).isoformat(" ", "microseconds") if backend == "sqlite" else at.isoformat()
-        elif column == "day":
-            v = at.date().isoformat()
-        else:
-            raise _NotPlain
-        append(v)
+    values[_CREATED] = at.replace(tzinfo=None).isoformat(" ", "microseconds") if backend == "sqlite" else at.isoformat()
+    values[_DAY] = at.date().isoformat()
     return orjson.dumps(values).decode()
 
 

@@ -64,14 +64,11 @@ class _Counter:
 
 
 class _Record:
-    __slots__ = ("buckets", "done", "expires_at", "fields", "hold_expires_at", "holding")
+    __slots__ = ("done", "expires_at", "fields", "hold_expires_at", "holding")
 
-    def __init__(self, expires_at: float, hold_expires_at: float, buckets: Sequence[Bucket]) -> None:
+    def __init__(self, expires_at: float, hold_expires_at: float) -> None:
         self.expires_at = expires_at
         self.hold_expires_at = hold_expires_at
-        # The bucket tuple the hold was made with: settling with that same (immutable) object needs
-        # no second validation.
-        self.buckets = buckets
         self.holding = True  # its amounts still count in the counters (not settled, not expired)
         self.done = False  # every bucket settled or released (fields then empty)
         # bucket key -> (stamp, amount) until that bucket is settled or released, then None.
@@ -263,7 +260,7 @@ class MemoryStateStore:
             reset[b.name] = span.end - now
             found.append((b, span, c))
         hold_exp = now + ttl_s
-        rec = _Record(hold_exp + self.settle_grace_s, hold_exp, buckets)
+        rec = _Record(hold_exp + self.settle_grace_s, hold_exp)
         fields = rec.fields
         for b, span, c in found:
             if b.amount > 0:  # a zero hold changes no count; the record still says where to settle
@@ -294,15 +291,12 @@ class MemoryStateStore:
     async def settle(
         self, reservation_id: str, buckets: Sequence[Bucket], actual: Mapping[str, int], now: float | None = None
     ) -> None:
-        rec: _Record | None = None
-        if type(buckets) is tuple and buckets and type(buckets[0]) is Bucket:
+        if type(buckets) is CheckedBuckets:
             tag = buckets[0].hash_tag
-            rec = self._records.get((tag, reservation_id))
-        if rec is None or rec.buckets is not buckets:
-            # Anything but the very tuple this id was reserved with (validated then) is checked now.
+        else:
             tag = check_buckets(buckets)
-            if not reservation_id:
-                raise ValueError("reservation_id must be non-empty")
+        if not reservation_id:
+            raise ValueError("reservation_id must be non-empty")
         check_actual(buckets, actual)
         if now is None:
             now = time.time()
@@ -343,7 +337,7 @@ class MemoryStateStore:
             fields[b.key] = None
         new = rec is None
         if rec is None:
-            rec = self._records[ident] = _Record(now + self.done_ttl_s, 0.0, buckets)
+            rec = self._records[ident] = _Record(now + self.done_ttl_s, 0.0)
             rec.holding = False
         elif any(v is not None for v in fields.values()):
             return  # some of the reservation's buckets are still held
