@@ -74,6 +74,8 @@ class GroupPlan:
 @dataclass(frozen=True, slots=True)
 class LimitsPlan:
     targets: tuple[tuple[str, str], ...]  # (provider kind, model) of every target the prompt may reach
+    # (input, output) pico-dollars per token at every target: the reservation prices the dearest.
+    prices: tuple[tuple[int, int], ...]
     groups: tuple[GroupPlan, ...]  # one atomic reservation each (tenant's, route's)
     bounded: bool  # some counter counts tokens or money: completions need a max_tokens
 
@@ -129,7 +131,9 @@ def build_plan(settings: Settings, tenant: str | None, key_id: str | None, featu
         None if route.budget.usd_per_day is None else usd_to_picousd(route.budget.usd_per_day),
     )) if tenant_settings is not None else []
     groups = tuple(GroupPlan.of(g) for g in (tenant_specs, route_specs) if g)
-    return LimitsPlan(targets=targets, groups=groups,
+    pico = [settings.pricing.pico_for(t.provider, t.model) for t in route.targets]
+    prices = tuple((p[0], p[2]) if p is not None else (0, 0) for p in pico)
+    return LimitsPlan(targets=targets, prices=prices, groups=groups,
                       bounded=any(s.unit != "requests" for g in groups for s in g.specs))
 
 

@@ -52,7 +52,8 @@ class Pricing(BaseModel):
     def price_for(self, provider: str, model: str) -> Price | None:
         return self.prices.get(f"{provider}/{model}")
 
-    def _pico_for(self, provider: str, model: str) -> tuple[int, int, int] | None:
+    def pico_for(self, provider: str, model: str) -> tuple[int, int, int] | None:
+        """(input, cached input, output) pico-dollars per token; None without a price."""
         key = (provider, model)
         try:
             return self._pico[key]
@@ -66,7 +67,7 @@ class Pricing(BaseModel):
     def cost_picousd(self, provider: str, model: str, prompt_tokens: int, completion_tokens: int,
                      cached_tokens: int = 0) -> int:
         """Exact cost of one call; 0 for a target without a price (reported at start-up by the audit)."""
-        pico = self._pico_for(provider, model)
+        pico = self.pico_for(provider, model)
         if pico is None:
             return 0
         p_in, p_cached, p_out = pico

@@ -76,7 +76,10 @@ class Limits:
         # Nothing an in-process store does suspends, so a cancellation cannot cut a settlement short
         # there and it needs no shield (a task per request); a networked store's does.
         self._shield = not store.in_process
+        # Read once: pydantic attribute access costs on every request.
         self._ttl_s = settings.limits.reservation_ttl_s
+        self._estimate_margin = settings.limits.estimate_margin
+        self._pricing = settings.pricing
 
     def _completion_cap(self, body: dict[str, Any], needs_bound: bool) -> int:
         field_name = "max_completion_tokens" if "max_completion_tokens" in body else "max_tokens"
@@ -89,10 +92,14 @@ class Limits:
         body[field_name] = self.settings.limits.default_max_tokens
         return self.settings.limits.default_max_tokens
 
-    def _price_bound(self, route: RouteSettings, prompt: int, completion: int) -> int:
+    @staticmethod
+    def _price_bound(prices: tuple[tuple[int, int], ...], prompt: int, completion: int) -> int:
+        """The call's price at the dearest target it may reach."""
         worst = 0
-        for t in route.targets:
-            worst = max(worst, self.settings.pricing.cost_picousd(t.provider, t.model, prompt, completion))
+        for per_input, per_output in prices:
+            cost = prompt * per_input + completion * per_output
+            if cost > worst:
+                worst = cost
         return worst
 
     def check_input(self, call: Call, route: RouteSettings, body: dict[str, Any],
@@ -103,7 +110,7 @@ class Limits:
         else:
             if targets is None:
                 targets = tuple((self.settings.providers[t.provider].kind, t.model) for t in route.targets)
-            prompt = estimate_prompt(body, targets, self.settings.limits.estimate_margin)
+            prompt = estimate_prompt(body, targets, self._estimate_margin)
         if route.max_input_tokens is not None and prompt > route.max_input_tokens:
             raise BadRequest(
                 f"This model's maximum context length is {route.max_input_tokens} tokens. However, your messages "
@@ -120,7 +127,7 @@ class Limits:
             return None
         completion = self._completion_cap(body, plan.bounded) if call.kind == "chat" else 0
         tokens = prompt + completion
-        usd = self._price_bound(route, prompt, completion)
+        usd = self._price_bound(plan.prices, prompt, completion)
         hold = Hold(random_hex(12), [], prompt, completion, usd)
         for group_plan in plan.groups:
             group = group_plan.buckets(tokens, usd)
@@ -178,7 +185,7 @@ class Limits:
             actual_tokens, actual_usd = hold.prompt_tokens + hold.completion_tokens, hold.usd_picousd
         else:
             actual_tokens = usage.prompt_tokens + usage.completion_tokens
-            actual_usd = self.settings.pricing.cost_picousd(provider, model, usage.prompt_tokens,
+            actual_usd = self._pricing.cost_picousd(provider, model, usage.prompt_tokens,
                                                             usage.completion_tokens, usage.cached_tokens)
         for group_plan, group in hold.groups:
             try:

@@ -64,7 +64,7 @@ class _Counter:
 
 
 class _Record:
-    __slots__ = ("done", "expires_at", "fields", "hold_expires_at", "holding")
+    __slots__ = ("done", "expires_at", "fields", "hold_expires_at", "holding", "open")
 
     def __init__(self, expires_at: float, hold_expires_at: float) -> None:
         self.expires_at = expires_at
@@ -73,6 +73,7 @@ class _Record:
         self.done = False  # every bucket settled or released (fields then empty)
         # bucket key -> (stamp, amount) until that bucket is settled or released, then None.
         self.fields: dict[str, tuple[str, int] | None] = {}
+        self.open = 0  # fields not settled yet
 
 
 class MemoryStateStore:
@@ -268,6 +269,7 @@ class MemoryStateStore:
                     c = self._new_counter((tag, b.key, span.stamp), span.expires_at, now)
                 c.used += b.amount
             fields[b.key] = (span.stamp, b.amount)
+        rec.open = len(fields)
         self._records[ident] = rec
         holding = self._holding
         if holding and hold_exp < next(reversed(holding.values())):
@@ -308,38 +310,36 @@ class MemoryStateStore:
         rec = self._record(ident, now)
         if rec is not None and rec.done:
             return
+        counters = self._counters
         fields = rec.fields if rec is not None else {}
         holding = rec is not None and rec.holding
         for b in buckets:
-            s = span_at(b.period, now)
             v = fields.get(b.key, _MISSING)
             if v is None:
                 continue  # this bucket was settled or released before
             if v is _MISSING:
                 # Unknown here (never reserved, or its record is long gone): the usage is real,
                 # so it counts now.
-                stamp, reserved, expires_at = s.stamp, b.amount, s.expires_at
-                was_held = 0
-            else:
-                stamp, reserved = v
-                expires_at = s.expires_at if stamp == s.stamp else s.prev_expires_at if stamp == s.prev_stamp else 0.0
-                was_held = reserved if holding else 0
+                self._count_now(tag, b, actual.get(b.name, b.amount), now)
+                fields[b.key] = None
+                continue
+            stamp, reserved = v
             spent = actual.get(b.name, reserved)
-            # A hold older than the previous period or minute sits in a counter nothing reads again.
-            if expires_at and (spent or was_held):
-                counter_id = (tag, b.key, stamp)
-                c = self._counter(counter_id, now)
-                if c is None:
-                    if spent:
-                        self._new_counter(counter_id, expires_at, now).used += spent
-                else:
+            was_held = reserved if holding else 0
+            if spent != was_held:
+                c = counters.get((tag, b.key, stamp))
+                if c is not None and c.expires_at > now:
                     c.used += spent - was_held
+                elif spent:
+                    self._count_late(tag, b, stamp, spent, now)
             fields[b.key] = None
+            if rec is not None:
+                rec.open -= 1
         new = rec is None
         if rec is None:
             rec = self._records[ident] = _Record(now + self.done_ttl_s, 0.0)
             rec.holding = False
-        elif any(v is not None for v in fields.values()):
+        elif rec.open:
             return  # some of the reservation's buckets are still held
         # Every bucket is done: remember only that, for the idempotency window.
         queued = not new  # a record whose hold expired already waits in the grace queue
@@ -353,6 +353,22 @@ class MemoryStateStore:
             self._due_by(rec.expires_at)
         rec.done = True
         rec.fields = {}
+
+    def _count_now(self, tag: str, b: Bucket, spent: int, now: float) -> None:
+        if spent:
+            span = span_at(b.period, now)
+            counter_id = (tag, b.key, span.stamp)
+            c = self._counter(counter_id, now) or self._new_counter(counter_id, span.expires_at, now)
+            c.used += spent
+
+    def _count_late(self, tag: str, b: Bucket, stamp: str, spent: int, now: float) -> None:
+        """Usage for a period whose counter is gone: it counts if that period is still read (the
+        current one, or the minute/period just before it), else nothing reads it again."""
+        span = span_at(b.period, now)
+        expires_at = (span.expires_at if stamp == span.stamp
+                      else span.prev_expires_at if stamp == span.prev_stamp else 0.0)
+        if expires_at:
+            self._new_counter((tag, b.key, stamp), expires_at, now).used += spent
 
     async def release(self, reservation_id: str, buckets: Sequence[Bucket], now: float | None = None) -> None:
         await self.settle(reservation_id, buckets, {b.name: 0 for b in buckets}, now)
