@@ -8,9 +8,10 @@ drift. Reports show micro-dollars; the exact integer travels with them.
 from __future__ import annotations
 
 from decimal import ROUND_HALF_UP, Context, Decimal
+from functools import cached_property
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 PICO_PER_USD = 10**12
 _PICO_CACHE_MAX = 4096
@@ -45,24 +46,29 @@ class Pricing(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     prices: dict[str, Price] = Field(default_factory=dict)
-    # (provider, model) -> Price.pico(): a request prices its call up to three times, and each
-    # pico() is three Decimal products. Keys come from the config's targets (bounded below anyway).
-    _pico: dict[tuple[str, str], tuple[int, int, int] | None] = PrivateAttr(default_factory=dict)
 
     def price_for(self, provider: str, model: str) -> Price | None:
         return self.prices.get(f"{provider}/{model}")
 
     def pico_for(self, provider: str, model: str) -> tuple[int, int, int] | None:
         """(input, cached input, output) pico-dollars per token; None without a price."""
+        cache = self.pico_cache
         key = (provider, model)
         try:
-            return self._pico[key]
+            return cache[key]
         except KeyError:
             price = self.price_for(provider, model)
             pico = None if price is None else price.pico()
-            if len(self._pico) < _PICO_CACHE_MAX:
-                self._pico[key] = pico
+            if len(cache) < _PICO_CACHE_MAX:
+                cache[key] = pico
             return pico
+
+    @cached_property
+    def pico_cache(self) -> dict[tuple[str, str], tuple[int, int, int] | None]:
+        """(provider, model) -> Price.pico(): a request prices its call up to three times, and each
+        pico() is three Decimal products. Keys come from the config's targets (bounded anyway).
+        A cached_property, not a pydantic private attribute: those are read through __getattr__."""
+        return {}
 
     def cost_picousd(self, provider: str, model: str, prompt_tokens: int, completion_tokens: int,
                      cached_tokens: int = 0) -> int:
