@@ -12,6 +12,7 @@ import os
 import re
 from collections.abc import Mapping
 from decimal import Decimal
+from functools import cached_property
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
 
@@ -161,7 +162,7 @@ class TargetSettings(_Model):
     priority: int = 0
     weight: float = Field(1.0, gt=0)
 
-    @property
+    @cached_property  # read several times on every request
     def key(self) -> str:
         return f"{self.provider}/{self.model}"
 

@@ -8,7 +8,7 @@ goes on to the Starlette app.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -20,14 +20,50 @@ from gateway.runtime import Gateway
 Reply = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
+class RawHeaders(Mapping[str, str]):
+    """The request's headers as a read-only mapping over the ASGI list (names arrive lower-case).
+
+    A model call reads two or three of the dozen headers an SDK sends, so nothing is decoded
+    until asked for. The first of repeated headers wins, as in Starlette's Headers.get."""
+
+    __slots__ = ("_raw",)
+
+    def __init__(self, raw: list[tuple[bytes, bytes]]) -> None:
+        self._raw = raw
+
+    def __getitem__(self, name: str) -> str:
+        key = name.lower().encode("latin-1")
+        for k, v in self._raw:
+            if k == key:
+                return v.decode("latin-1")
+        raise KeyError(name)
+
+    def get(self, name: str, default: str | None = None) -> str | None:  # type: ignore[override]
+        key = name.lower().encode("latin-1")
+        for k, v in self._raw:
+            if k == key:
+                return v.decode("latin-1")
+        return default
+
+    def __iter__(self) -> Iterator[str]:
+        seen: set[str] = set()
+        for k, _ in self._raw:
+            name = k.decode("latin-1")
+            if name not in seen:
+                seen.add(name)
+                yield name
+
+    def __len__(self) -> int:
+        return len({k for k, _ in self._raw})
+
+
 class Inbound:
     """What a model endpoint needs of its request: headers (lower-case names), the body, the Call."""
 
     __slots__ = ("_receive", "call", "gateway", "headers")
 
     def __init__(self, scope: Scope, receive: Receive, gateway: Gateway) -> None:
-        # The first of repeated headers wins, as in Starlette's Headers.get.
-        self.headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in reversed(scope["headers"])}
+        self.headers = RawHeaders(scope["headers"])
         self.call: Call = scope[CALL_KEY]
         self.gateway = gateway
         self._receive = receive
