@@ -71,10 +71,12 @@ class HttpProvider(Provider):
         return self.dialect.decode_embeddings(raw, model)
 
     async def _post(self, url: str, payload: bytes, timeout_s: float) -> bytes:
-        with self._mapped_errors(f"did not answer within {timeout_s:g}s", "is unreachable"):
-            async with asyncio.timeout(timeout_s):
-                resp = await self.origin.request("POST", url, payload)
-                raw = await resp.read()
+        try:
+            resp = await self.origin.request("POST", url, payload,
+                                             deadline=asyncio.get_running_loop().time() + timeout_s)
+            raw = await resp.read()
+        except (TimeoutError, TransportError) as e:
+            raise self._mapped(e, f"did not answer within {timeout_s:g}s", "is unreachable") from None
         if resp.status >= 400:
             self._raise_for(resp.status, raw, resp.headers)
         return raw
@@ -145,15 +147,18 @@ class HttpProvider(Provider):
     # -- errors ----------------------------------------------------------------------------
     @contextlib.contextmanager
     def _mapped_errors(self, on_timeout: str, on_connection: str) -> Iterator[None]:
-        """The one place low-level client failures become the public error tree."""
         try:
             yield
         except GatewayError:
             raise
-        except TimeoutError:
-            raise UpstreamTimeout(f"provider '{self.name}' {on_timeout}") from None
-        except TransportError as e:
-            raise UpstreamUnavailable(f"provider '{self.name}' {on_connection} ({e})") from None
+        except (TimeoutError, TransportError) as e:
+            raise self._mapped(e, on_timeout, on_connection) from None
+
+    def _mapped(self, error: TimeoutError | TransportError, on_timeout: str, on_connection: str) -> GatewayError:
+        """The one place low-level client failures become the public error tree."""
+        if isinstance(error, TimeoutError):
+            return UpstreamTimeout(f"provider '{self.name}' {on_timeout}")
+        return UpstreamUnavailable(f"provider '{self.name}' {on_connection} ({error})")
 
     def _raise_for(self, status: int, raw: bytes, headers: Any) -> NoReturn:
         message, param, code = self.dialect.error_message(status, raw)

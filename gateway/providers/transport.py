@@ -46,6 +46,10 @@ class ProtocolViolation(TransportError):
     pass
 
 
+class DeadlinePassed(TransportError, TimeoutError):
+    """The request's deadline passed before its answer was complete."""
+
+
 class _Connection(asyncio.Protocol):
     """One TCP (or TLS) connection and the response being read on it."""
 
@@ -54,6 +58,7 @@ class _Connection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.closed = False
         self.idle_since = 0.0
+        self.timer: asyncio.TimerHandle | None = None
         self._reset()
 
     def _reset(self) -> None:
@@ -157,6 +162,20 @@ class _Connection(asyncio.Protocol):
             self.waiter = None
         if self.error is not None:
             raise self.error
+
+    def arm(self, deadline: float) -> None:
+        """Fail the exchange on this connection at `deadline` (the loop's clock). One timer handle:
+        asyncio.timeout costs a task lookup, a context manager and a cancellation on top of it."""
+        self.timer = asyncio.get_running_loop().call_at(deadline, self._expire)
+
+    def disarm(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+    def _expire(self) -> None:
+        self.timer = None
+        self._fail(DeadlinePassed("the deadline passed before the answer was complete"))
 
     def take_chunks(self) -> bytes:
         data = b"".join(self.chunks)
@@ -287,27 +306,41 @@ class Origin:
                 self._targets[url] = target
         return b"%s %s HTTP/1.1\r\n" % (method.encode("latin-1"), target)
 
-    async def request(self, method: str, url: str, body: bytes) -> Response:
-        """Send the request and wait for the response head; the caller reads or streams the body."""
+    async def request(self, method: str, url: str, body: bytes, deadline: float | None = None) -> Response:
+        """Send the request and wait for the response head; the caller reads or streams the body.
+
+        With a `deadline` (the loop's clock), everything up to the end of the body's read (waiting for
+        a pool slot, connecting, the answer) fails with a TimeoutError once it passes."""
         head = self._request_line(url, method) + self._static_head + b"content-length: %d\r\n\r\n" % len(body)
-        await self._slots.acquire()
+        if deadline is not None and self._slots.locked():
+            async with asyncio.timeout_at(deadline):
+                await self._slots.acquire()
+        else:
+            await self._slots.acquire()
         try:
             conn = self._reuse()
             if conn is not None:
                 try:
-                    return await self._exchange(conn, head, body)
+                    return await self._exchange(conn, head, body, deadline)
                 except ConnectionLost:
                     if conn.received_any:
                         raise
                     # The server closed the idle connection as we reused it: it never saw this request.
-            return await self._exchange(await self._connect(), head, body)
+            if deadline is None:
+                conn = await self._connect()
+            else:
+                async with asyncio.timeout_at(deadline):
+                    conn = await self._connect()
+            return await self._exchange(conn, head, body, deadline)
         except BaseException:
             self._slots.release()
             raise
 
-    async def _exchange(self, conn: _Connection, head: bytes, body: bytes) -> Response:
+    async def _exchange(self, conn: _Connection, head: bytes, body: bytes, deadline: float | None) -> Response:
         conn._reset()
         assert conn.transport is not None
+        if deadline is not None:
+            conn.arm(deadline)
         try:
             conn.transport.write(head + body if len(body) < 65536 else head)
             if len(body) >= 65536:
@@ -315,6 +348,7 @@ class Origin:
             while not conn.head_done:
                 await conn.wait()
         except BaseException:
+            conn.disarm()
             conn.abort()
             raise
         return Response(self, conn)
@@ -341,6 +375,7 @@ class Origin:
         return conn
 
     def _release(self, conn: _Connection) -> None:
+        conn.disarm()
         if conn.reusable() and not self._closed:
             conn.idle_since = time.monotonic()
             self._idle.append(conn)
