@@ -88,10 +88,12 @@ class HttpProvider(Provider):
         # The deadline bounds the wait for the response head; after that, each read may idle
         # at most timeout_s (a stream may legitimately last longer than one timeout).
         with self._mapped_errors(f"did not answer within {timeout_s:g}s", "is unreachable"):
-            async with asyncio.timeout(timeout_s):
-                resp = await self.origin.request("POST", url, payload)
-                if resp.status >= 400:
-                    raw = await resp.read()
+            resp = await self.origin.request("POST", url, payload,
+                                             deadline=asyncio.get_running_loop().time() + timeout_s)
+            if resp.status >= 400:
+                raw = await resp.read()
+            else:
+                resp.clear_deadline()
         if resp.status >= 400:
             self._raise_for(resp.status, raw, resp.headers)
         translator = self.dialect.stream_translator(model, include_usage)

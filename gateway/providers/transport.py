@@ -236,8 +236,18 @@ class Response:
                 continue
             if conn.complete:
                 return
-            async with asyncio.timeout(idle_timeout_s):
+            if idle_timeout_s is None:
                 await conn.wait()
+                continue
+            conn.arm(asyncio.get_running_loop().time() + idle_timeout_s)
+            try:
+                await conn.wait()
+            finally:
+                conn.disarm()
+
+    def clear_deadline(self) -> None:
+        """The request's deadline no longer applies (a stream, once its head is here, is bounded per read)."""
+        self._conn.disarm()
 
     def release(self) -> None:
         """Back to the pool if the whole response was read on a reusable connection, else closed."""
