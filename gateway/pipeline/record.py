@@ -22,6 +22,8 @@ def price_call(call: Call, pricing: Pricing) -> None:
 
 
 def envelope(call: Call) -> dict[str, Any]:
+    """The call's envelope; its keys in the ledger's column order (`day` is derived), which the row
+    is built from fastest."""
     usage = call.usage
     return {
         "envelope_id": sortable_hex(16),

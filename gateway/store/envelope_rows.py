@@ -170,6 +170,7 @@ _CREATED = _INSERT_COLUMNS.index("created_at")
 _DAY = _INSERT_COLUMNS.index("day")
 _JSON_AT = tuple(_INSERT_COLUMNS.index(c) for c in _JSON)
 _BOOL_AT = tuple(_INSERT_COLUMNS.index(c) for c in _BOOL)
+_COLUMNS_BUT_DAY = tuple(c for c in _INSERT_COLUMNS if c != "day")
 _ENVELOPE_ID = _INSERT_COLUMNS.index("envelope_id")
 _REQUEST_ID = _INSERT_COLUMNS.index("request_id")
 
@@ -223,7 +224,11 @@ def envelope_row_json(env: Mapping[str, Any], backend: str) -> str:
 
 
 def _plain_row_json(env: Mapping[str, Any], backend: str) -> str:
-    values = [env.get(c) for c in _INSERT_COLUMNS]
+    if type(env) is dict and tuple(env) == _COLUMNS_BUT_DAY:  # the gateway's own envelope: its values in order
+        values = list(env.values())
+        values.insert(_DAY, None)
+    else:
+        values = [env.get(c) for c in _INSERT_COLUMNS]
     created = values[_CREATED]
     if type(created) is not float or not values[_ENVELOPE_ID] or type(values[_ENVELOPE_ID]) is not str:
         raise _NotPlain

@@ -142,3 +142,14 @@ def test_the_one_pass_row_equals_the_full_path(backend: str, changes: dict[str, 
 def test_the_one_pass_row_rejects_what_the_full_path_rejects(changes: dict[str, object]) -> None:
     with pytest.raises(EnvelopeRejected):
         envelope_row_json(_gateway_envelope(**changes), "sqlite")
+
+
+def test_the_gateways_envelope_lists_its_keys_in_column_order() -> None:
+    from gateway.pipeline.context import Call
+    from gateway.pipeline.record import envelope
+
+    env = envelope(Call(request_id="r", method="POST", path="/v1/chat/completions"))
+    assert tuple(env) == tuple(k for k in ENVELOPE_KEYS if k != "day")
+    shuffled = dict(reversed(list(env.items())))
+    for backend in ("sqlite", "postgresql"):
+        assert envelope_row_json(shuffled, backend) == envelope_row_json(env, backend)
