@@ -8,6 +8,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 
+from gateway.deadlines import Deadlines
 from gateway.limits.stage import Limits
 from gateway.malloc import trim_periodically
 from gateway.observability.logging import AccessLog, LogPipeline
@@ -61,6 +62,7 @@ class Gateway:
     envelopes: EnvelopeWriter
     access_log: AccessLog = field(default_factory=AccessLog)
     log_pipeline: LogPipeline | None = None
+    deadlines: Deadlines = field(default_factory=Deadlines)
     started_at: int = field(default_factory=lambda: int(time.time()))
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
@@ -121,3 +123,4 @@ class Gateway:
         await self.envelopes.aclose()  # shutdown flushes: to the ledger, or to the journal
         await self.state.aclose()
         await self.ledger.aclose()
+        await self.deadlines.aclose()

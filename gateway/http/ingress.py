@@ -13,6 +13,7 @@ import re
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from gateway.deadlines import Deadlines
 from gateway.errors import GatewayError, InternalError, Overloaded, PayloadTooLarge, error_response_parts
 from gateway.ids import request_id
 from gateway.pipeline.context import Call
@@ -66,7 +67,7 @@ class IngressMiddleware:
         scope[CALL_KEY] = call
         rid_header = (b"x-request-id", call.request_id.encode())
         started = False
-        watch = _DisconnectWatch(receive, self.max_body_bytes)
+        watch = _DisconnectWatch(receive, self.max_body_bytes, self.gateway.deadlines)
 
         async def send_wrapper(message: Message) -> None:
             nonlocal started
@@ -145,20 +146,21 @@ class _DisconnectWatch:
 
     Once the body has been read, a watcher task becomes the only reader of the connection; when
     the client disconnects it cancels the request's task, so an upstream call in flight (even
-    one still waiting for the provider's first byte) is abandoned within WATCH_AFTER_S rather than
-    at its timeout. Later `receive()` calls from the app wait for that same disconnect. The watcher
-    starts only once a request has run for WATCH_AFTER_S: most answers are sent sooner, and a
-    timer costs a fraction of a task.
+    one still waiting for the provider's first byte) is abandoned within WATCH_AFTER_S (plus the
+    deadline sweep's interval) rather than at its timeout. Later `receive()` calls from the app wait
+    for that same disconnect. The watcher starts only once a request has run for WATCH_AFTER_S: most
+    answers are sent sooner, and an entry in the deadline sweep costs a fraction of a task.
     """
 
-    __slots__ = ("_body_done", "_event", "_limit", "_receive", "_seen", "_task", "_timer", "_watcher",
+    __slots__ = ("_body_done", "_deadlines", "_event", "_limit", "_receive", "_seen", "_task", "_timer", "_watcher",
                  "disconnected", "response_complete")
 
-    def __init__(self, receive: Receive, limit: int) -> None:
+    def __init__(self, receive: Receive, limit: int, deadlines: Deadlines) -> None:
         self._receive, self._limit, self._seen = receive, limit, 0
         self._task = asyncio.current_task()
         self._watcher: asyncio.Task[None] | None = None
-        self._timer: asyncio.TimerHandle | None = None
+        self._deadlines = deadlines
+        self._timer: int | None = None  # the watch's start, armed in the gateway's deadline sweep
         self._body_done = False
         self._event: asyncio.Event | None = None  # made only for a receive() after the body (rare)
         self.disconnected = False
@@ -183,7 +185,8 @@ class _DisconnectWatch:
                 raise PayloadTooLarge(f"Request body exceeds the limit of {self._limit} bytes.")
             if not more:
                 self._body_done = True
-                self._timer = asyncio.get_running_loop().call_later(WATCH_AFTER_S, self._start_watch)
+                self._timer = self._deadlines.add(asyncio.get_running_loop().time() + WATCH_AFTER_S,
+                                                  self._start_watch)
         return message
 
     def _start_watch(self) -> None:
@@ -206,7 +209,7 @@ class _DisconnectWatch:
 
     def stop(self) -> None:
         if self._timer is not None:
-            self._timer.cancel()
+            self._deadlines.remove(self._timer)
         if self._watcher is not None and not self._watcher.done():
             self._watcher.cancel()
         # The client left just as the request finished: withdraw the cancel nobody will catch.

@@ -25,6 +25,8 @@ from urllib.parse import urlsplit
 
 import httptools
 
+from gateway.deadlines import Deadlines
+
 MAX_BODY_BYTES = 64 * 1024 * 1024  # a provider answer larger than this is refused, not buffered
 _STREAM_HIGH_WATER = 256 * 1024  # stop reading from the socket while this much waits for the consumer
 _KEEPALIVE_S = 30.0  # idle connections older than this are closed rather than reused
@@ -58,7 +60,8 @@ class _Connection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.closed = False
         self.idle_since = 0.0
-        self.timer: asyncio.TimerHandle | None = None
+        self.deadlines: Deadlines | None = None
+        self.timer: int | None = None  # the armed deadline's token
         self._reset()
 
     def _reset(self) -> None:
@@ -163,14 +166,15 @@ class _Connection(asyncio.Protocol):
         if self.error is not None:
             raise self.error
 
-    def arm(self, deadline: float) -> None:
-        """Fail the exchange on this connection at `deadline` (the loop's clock). One timer handle:
-        asyncio.timeout costs a task lookup, a context manager and a cancellation on top of it."""
-        self.timer = asyncio.get_running_loop().call_at(deadline, self._expire)
+    def arm(self, deadlines: Deadlines, deadline: float) -> None:
+        """Fail the exchange on this connection once `deadline` (the loop's clock) passes: an entry in
+        the origin's sweep, where asyncio.timeout would cost a timer, a task lookup and a cancellation."""
+        self.deadlines = deadlines
+        self.timer = deadlines.add(deadline, self._expire)
 
     def disarm(self) -> None:
-        if self.timer is not None:
-            self.timer.cancel()
+        if self.timer is not None and self.deadlines is not None:
+            self.deadlines.remove(self.timer)
             self.timer = None
 
     def _expire(self) -> None:
@@ -239,7 +243,7 @@ class Response:
             if idle_timeout_s is None:
                 await conn.wait()
                 continue
-            conn.arm(asyncio.get_running_loop().time() + idle_timeout_s)
+            conn.arm(self._origin.deadlines, asyncio.get_running_loop().time() + idle_timeout_s)
             try:
                 await conn.wait()
             finally:
@@ -304,6 +308,8 @@ class Origin:
         self._connect_timeout_s = connect_timeout_s
         self._keepalive_s = keepalive_s
         self._closed = False
+        # Deadlines fire up to this late; the timeouts they bound are seconds.
+        self.deadlines = Deadlines()
 
     def _request_line(self, url: str, method: str) -> bytes:
         target = self._targets.get(url)
@@ -350,7 +356,7 @@ class Origin:
         conn._reset()
         assert conn.transport is not None
         if deadline is not None:
-            conn.arm(deadline)
+            conn.arm(self.deadlines, deadline)
         try:
             conn.transport.write(head + body if len(body) < 65536 else head)
             if len(body) >= 65536:
@@ -397,3 +403,4 @@ class Origin:
         self._closed = True
         while self._idle:
             self._idle.pop().abort()
+        await self.deadlines.aclose()
