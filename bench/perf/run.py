@@ -16,6 +16,7 @@ import importlib.util
 import inspect
 import json
 import shutil
+import statistics
 import sys
 import tempfile
 import time
@@ -76,6 +77,7 @@ class Options:
     warmup_s: float
     ttft_requests: int
     ttft_warmup: int
+    rounds: int
     out: Path
 
 
@@ -92,6 +94,8 @@ def parse_args(argv: list[str] | None) -> Options:
     parser.add_argument("--ttft-requests", type=int, default=300, help="streamed requests timed (default 300)")
     parser.add_argument("--ttft-warmup", type=int, default=30, help="streamed requests before timing (default 30)")
     parser.add_argument("--no-ttft", action="store_true", help="skip the time-to-first-token measurement")
+    parser.add_argument("--rounds", type=int, default=5,
+                        help="alternating gateway/Portkey rounds for the throughput goal (default 5; 0 skips)")
     parser.add_argument("--quick", action="store_true", help="smoke run: 3 s runs, 1 s warm-ups, 100 TTFT requests")
     parser.add_argument("--out", type=Path, default=None, help="JSON output (default bench/results/perf-<ts>.json)")
     args = parser.parse_args(argv)
@@ -112,6 +116,7 @@ def parse_args(argv: list[str] | None) -> Options:
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     return Options(rows=rows, peers=peers, workers=args.workers, connections=connections, duration_s=duration,
                    warmup_s=warmup, ttft_requests=0 if args.no_ttft else requests, ttft_warmup=ttft_warmup,
+                   rounds=1 if args.quick and args.rounds else max(0, args.rounds),
                    out=args.out or REPO / "bench" / "results" / f"perf-{stamp}.json")
 
 
@@ -131,6 +136,7 @@ class Bench:
         self.databases = gateway_proc.Databases()
         self.rows: list[Row] = []
         self.ttft: dict[str, Any] = {}
+        self.head_to_head: dict[str, Any] = {}
         self.versions: dict[str, str] = {"gateway": harness.package_version("gateway"), "nginx": nginx.version(),
                                          "wrk": wrk.version(), "python": sys.version.split()[0]}
         self.upstream = ""
@@ -145,6 +151,8 @@ class Bench:
                 self.gateway_row(scenario)
         for name in self.opts.peers:
             self.peer_row(name)
+        if self.opts.rounds and "gateway" in self.opts.rows and "portkey" in self.opts.peers:
+            self.measure_head_to_head()
         if self.opts.ttft_requests:
             self.measure_ttft()
 
@@ -247,6 +255,58 @@ class Bench:
         row.rss_mb, row.rss_each_mb = harness.tree_rss_mb(pid)
         return row
 
+    def measure_head_to_head(self) -> None:
+        """The throughput goal's ratio from alternating runs: the default gateway and Portkey both up,
+        measured in turn at 32 connections, `rounds` times. The machine's speed drifts by 10-30 % over
+        minutes, so two rows measured minutes apart can differ by that much on their own; the median
+        of ratios from adjacent runs does not carry that drift."""
+        peer = load_peer("portkey")
+        scenario = next(s for s in all_scenarios() if s.key == "gateway")
+        root = self.tmp / "head-to-head"
+        gateway = child = None
+        try:
+            gateway = gateway_proc.start(self.registry, root, scenario, self.upstream + "/v1", 1, self.databases)
+            port = harness.free_port()
+            log_path = self.tmp / "head-to-head-portkey.log"
+            child = self.registry.adopt(str(peer.NAME), peer.start(PEER_ROOT, self.upstream, port, log_path),
+                                        log_path)
+            peer_url, peer_headers_ = f"http://127.0.0.1:{port}{peer.PATH}", peer_headers(peer, self.upstream)
+            peer_body = request_body(model=str(peer.MODEL))
+            gateway_proc.wait_ok(child, peer_url, peer_body, peer_headers_, PEER_START_TIMEOUT_S)
+            targets = [
+                ("gateway", gateway.url + "/v1/chat/completions",
+                 wrk.lua_script(root / "h2h-gateway.lua", request_body(), gateway.headers)),
+                ("portkey", peer_url, wrk.lua_script(root / "h2h-portkey.lua", peer_body, peer_headers_)),
+            ]
+            log(f"head to head: default gateway and Portkey in turn @{CPU_CONNECTIONS}, {self.opts.rounds} rounds")
+            for _, url, script in targets:  # both fully warm (Node's JIT included) before the first round
+                wrk.run(self.registry, url, script, CPU_CONNECTIONS, self.opts.duration_s, self.tmp)
+            rounds: list[dict[str, float]] = []
+            for _ in range(self.opts.rounds):
+                measured: dict[str, float] = {}
+                for name, url, script in targets:
+                    wrk.run(self.registry, url, script, CPU_CONNECTIONS, self.opts.warmup_s, self.tmp)
+                    result = wrk.run(self.registry, url, script, CPU_CONNECTIONS, self.opts.duration_s, self.tmp)
+                    if result.errors:
+                        raise BenchError(f"{name}: {result.errors} errors in a head-to-head run")
+                    measured[name] = result.rps
+                measured["ratio"] = measured["gateway"] / measured["portkey"] if measured["portkey"] else 0.0
+                rounds.append(measured)
+                log(f"  gateway {measured['gateway']:,.0f} req/s, Portkey {measured['portkey']:,.0f} req/s: "
+                    f"{measured['ratio']:.2f} x")
+            self.head_to_head = {"connections": CPU_CONNECTIONS, "rounds": rounds,
+                                 "median_ratio": statistics.median(r["ratio"] for r in rounds)}
+        except BenchError as e:
+            self.head_to_head = {"error": str(e)}
+            log(f"head to head failed: {e}")
+        finally:
+            for started in (child, gateway.child if gateway else None):
+                if started is not None:
+                    self.registry.stop(started)
+            if gateway is not None and gateway.database:
+                self.databases.drop(gateway.database)
+            shutil.rmtree(root, ignore_errors=True)
+
     def measure_ttft(self) -> None:
         """TTFT over `gateway mock-upstream --latency-ms 20 --chunk-delay-ms 2`: directly, then through the gateway."""
         root = self.tmp / "ttft"
@@ -341,7 +401,8 @@ def _cells(rows: list[Row], row: Row, low: int, rest: list[int]) -> list[str]:
     return cells
 
 
-def goals(rows: list[Row], ttft_result: dict[str, Any]) -> list[dict[str, Any]]:
+def goals(rows: list[Row], ttft_result: dict[str, Any],
+          head_to_head: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     """The issue's goals, each with the measured value and whether it is met (None: not measured this run)."""
     by_name = {r.name: r for r in rows if r.runs and not r.skipped}
     default = next((r for r in by_name.values() if r.name.startswith("gateway: default (")), None)
@@ -353,6 +414,10 @@ def goals(rows: list[Row], ttft_result: dict[str, Any]) -> list[dict[str, Any]]:
         out.append({"goal": text, "value": value, "limit": limit, "unit": unit, "met": met})
 
     for peer, limit in (("Portkey", 3.0), ("LiteLLM", 20.0)):
+        if peer == "Portkey" and head_to_head and "median_ratio" in head_to_head:
+            goal(f"req/s @32, gateway default / {peer} (median of {len(head_to_head['rounds'])} alternating rounds)",
+                 head_to_head["median_ratio"], limit, True, "x")
+            continue
         other = by_name.get(peer)
         ratio = None
         if default and other and 32 in default.runs and 32 in other.runs and other.runs[32].rps > 0:
@@ -388,8 +453,18 @@ def report(bench: Bench, started: datetime, interrupted: bool) -> dict[str, Any]
         print(f"- added p50: {_added(t['added_p50_ms'])} ms")
     elif "error" in t:
         print(f"TTFT: failed: {t['error']}")
-    results = goals(rows, t)
-    print(("\n" if t else "") + "Goals (this run, this machine, 1 worker, full default pipeline):")
+    h2h = bench.head_to_head
+    if "rounds" in h2h:
+        print(("\n" if t else "") + f"Head to head (@{h2h['connections']}, the default gateway and Portkey measured "
+              "in turn):")
+        for i, r in enumerate(h2h["rounds"], 1):
+            print(f"- round {i}: gateway {r['gateway']:,.0f} req/s, Portkey {r['portkey']:,.0f} req/s: "
+                  f"{r['ratio']:.2f} x")
+        print(f"- median: {h2h['median_ratio']:.2f} x")
+    elif "error" in h2h:
+        print(f"Head to head: failed: {h2h['error']}")
+    results = goals(rows, t, h2h)
+    print(("\n" if t or h2h else "") + "Goals (this run, this machine, 1 worker, full default pipeline):")
     for g in results:
         value = "not measured" if g["value"] is None else f"{g['value']:.2f} {g['unit']}"
         verdict = {True: "met", False: "MISSED", None: "-"}[g["met"]]
@@ -404,7 +479,7 @@ def report(bench: Bench, started: datetime, interrupted: bool) -> dict[str, Any]
     return {"date": started.isoformat(), "machine": info, "versions": bench.versions,
             "options": {"rows": opts.rows, "peers": opts.peers, "workers": opts.workers,
                         "connections": opts.connections, "duration_s": opts.duration_s, "warmup_s": opts.warmup_s},
-            "rows": [r.as_dict() for r in rows], "ttft": t, "goals": results}
+            "rows": [r.as_dict() for r in rows], "ttft": t, "head_to_head": h2h, "goals": results}
 
 
 def main(argv: list[str] | None = None) -> int:
