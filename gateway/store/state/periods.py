@@ -196,13 +196,7 @@ def decide(
     left: dict[str, int] = {}
     reset: dict[str, float] = {}
     for b, s, (cur, prev) in zip(buckets, slots, counts, strict=True):
-        # `remaining`, inlined: this runs for every bucket of every request.
-        extra = b.amount if add else 0
-        if b.kind == "period":
-            free = b.limit - cur - extra
-        else:
-            free = (b.limit * WINDOW_MS - prev * s.rem_ms - (cur + extra) * WINDOW_MS) // WINDOW_MS
-        left[b.name] = free if free > 0 else 0
+        left[b.name] = remaining(b, cur, prev, s.rem_ms, b.amount if add else 0)
         reset[b.name] = s.reset_s
     if failed is None:
         return Decision(True, None, None, left, reset)
