@@ -308,7 +308,8 @@ class Origin:
         self._connect_timeout_s = connect_timeout_s
         self._keepalive_s = keepalive_s
         self._closed = False
-        # Deadlines fire up to this late; the timeouts they bound are seconds.
+        # Its requests' deadlines, fired up to one sweep interval (10 ms) late: the timeouts they
+        # bound are seconds.
         self.deadlines = Deadlines()
 
     def _request_line(self, url: str, method: str) -> bytes:

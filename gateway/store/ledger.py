@@ -22,7 +22,7 @@ from sqlalchemy import event, exc, inspect, text
 from sqlalchemy.engine import URL, Connection, make_url
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-from gateway.store.sqlite_writer import CONNECTION_PRAGMAS, SqliteWriter
+from gateway.store.sqlite_writer import SqliteWriter, apply_connection_pragmas
 
 if TYPE_CHECKING:
     from alembic.config import Config
@@ -110,9 +110,10 @@ def _install_sqlite_hooks(engine: AsyncEngine) -> None:
         # and DDL are really transactional; the "begin" hook below emits it instead.
         dbapi_conn.isolation_level = None
         cur = dbapi_conn.cursor()
-        for pragma in CONNECTION_PRAGMAS:
-            cur.execute(pragma)
-        cur.close()
+        try:
+            apply_connection_pragmas(cur.execute)
+        finally:
+            cur.close()
 
     @event.listens_for(engine.sync_engine, "begin")
     def _on_begin(conn: Connection) -> None:

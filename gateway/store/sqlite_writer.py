@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -28,6 +28,23 @@ CONNECTION_PRAGMAS = ("PRAGMA journal_mode=WAL", f"PRAGMA busy_timeout={SQLITE_B
                       "PRAGMA synchronous=NORMAL", "PRAGMA foreign_keys=ON")
 # A rest never longer than this: a statement slowed by a lock wait must not stall the next one.
 _MAX_REST_S = 0.005
+_LOCKED_RETRY_S = 0.01
+
+
+def apply_connection_pragmas(execute: Callable[[str], object]) -> None:
+    """CONNECTION_PRAGMAS through `execute`. Switching a fresh file to WAL needs it to itself, and
+    SQLite answers "database is locked" at once, without its busy handler, when another connection
+    (a worker migrating at start-up) holds it: that pragma is retried until the busy timeout."""
+    for pragma in CONNECTION_PRAGMAS:
+        deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT_MS / 1000
+        while True:
+            try:
+                execute(pragma)
+                break
+            except sqlite3.OperationalError as e:
+                if "locked" not in str(e) or time.monotonic() >= deadline:
+                    raise
+                time.sleep(_LOCKED_RETRY_S)
 
 
 def _null(value: None) -> None:
@@ -56,8 +73,7 @@ class SqliteWriter:
     def _connect(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self._path, timeout=SQLITE_BUSY_TIMEOUT_MS / 1000, isolation_level=None,
                                check_same_thread=True)
-        for pragma in CONNECTION_PRAGMAS:
-            conn.execute(pragma)
+        apply_connection_pragmas(conn.execute)
         # Appends need little cache (ids lead with the time, so inserts land on the right edge of
         # each index); SQLite's 2 MB default is resident memory in every worker.
         conn.execute("PRAGMA cache_size=-512")
