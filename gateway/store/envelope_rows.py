@@ -200,11 +200,9 @@ def row_json(row: Mapping[str, Any], backend: str) -> str:
 
 
 _TEXT_AT = tuple(_INSERT_COLUMNS.index(c) for c in ("request_id", *_TEXT))
-_INT32_AT = tuple(_INSERT_COLUMNS.index(c) for c in _INT32)
-_INT64_AT = tuple(_INSERT_COLUMNS.index(c) for c in _INT64)
+# (column index, lowest, highest) of every integer column
+_INT_AT = tuple((_INSERT_COLUMNS.index(c), *_RANGE[bits]) for cols, bits in ((_INT32, 32), (_INT64, 64)) for c in cols)
 _FLOAT_AT = tuple(_INSERT_COLUMNS.index(c) for c in _FLOAT)
-_I32_LO, _I32_HI = _RANGE[32]
-_I64_LO, _I64_HI = _RANGE[64]
 
 
 class _NotPlain(Exception):
@@ -238,17 +236,11 @@ def _plain_row_json(env: Mapping[str, Any], backend: str) -> str:
             raise _NotPlain
     if not values[_REQUEST_ID]:
         raise _NotPlain
-    for i in _INT32_AT:
+    for i, lo, hi in _INT_AT:
         v = values[i]
         if v is None:
             values[i] = 0
-        elif type(v) is not int or not _I32_LO <= v <= _I32_HI:
-            raise _NotPlain
-    for i in _INT64_AT:
-        v = values[i]
-        if v is None:
-            values[i] = 0
-        elif type(v) is not int or not _I64_LO <= v <= _I64_HI:
+        elif type(v) is not int or not lo <= v <= hi:
             raise _NotPlain
     for i in _FLOAT_AT:
         v = values[i]
