@@ -83,12 +83,19 @@ def validate_chat(body: dict[str, Any]) -> str:
         if not isinstance(msg, dict):
             raise _type_error(f"messages[{i}]", "an object", msg)
         role = msg.get("role")
-        if role not in _ROLES:
+        if not isinstance(role, str) or role not in _ROLES:  # a list or dict role is unhashable
             raise BadRequest(f"Invalid value for 'messages[{i}].role': expected one of "
                              f"{', '.join(sorted(_ROLES))}.", param=f"messages[{i}].role", code="invalid_value")
         content = msg.get("content")
         if content is not None and not isinstance(content, str | list):
             raise _type_error(f"messages[{i}].content", "a string or an array", content)
+        tool_calls = msg.get("tool_calls")
+        if tool_calls is not None:
+            if not isinstance(tool_calls, list):
+                raise _type_error(f"messages[{i}].tool_calls", "an array", tool_calls)
+            for j, call in enumerate(tool_calls):
+                if not isinstance(call, dict) or not isinstance(call.get("function", {}), dict):
+                    raise _type_error(f"messages[{i}].tool_calls[{j}]", "an object with a 'function' object", call)
         if role == "tool" and not isinstance(msg.get("tool_call_id"), str):
             raise BadRequest(f"Missing required parameter: 'messages[{i}].tool_call_id'.",
                              param=f"messages[{i}].tool_call_id", code="missing_required_parameter")

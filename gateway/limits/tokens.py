@@ -90,6 +90,7 @@ def get_encoding(name: str) -> tiktoken.Encoding:
         return encoding
 
 
+@lru_cache(maxsize=256)  # model names come from the config
 def encoding_name_for_model(model: str) -> str:
     m = model.lower().rsplit("/", 1)[-1]
     return "o200k_base" if m.startswith(_O200K_PREFIXES) else "cl100k_base"
@@ -125,15 +126,6 @@ def count_text(text: str, model: str = "gpt-4o", *, repeats: bool = False) -> in
     return _count(encoding_for_model(model), text, repeats)
 
 
-def _content_text(content: Any) -> Iterable[str]:
-    if isinstance(content, str):
-        yield content
-    elif isinstance(content, list):
-        for part in content:
-            if isinstance(part, Mapping) and isinstance(part.get("text"), str):
-                yield part["text"]
-
-
 def count_messages(messages: Iterable[Mapping[str, Any]], model: str = "gpt-4o") -> int:
     """Prompt tokens of a chat request by OpenAI's accounting: 3 per message, 1 per name, 3 to prime."""
     enc = encoding_for_model(model)
@@ -141,18 +133,26 @@ def count_messages(messages: Iterable[Mapping[str, Any]], model: str = "gpt-4o")
     for msg in messages:
         total += 3
         role = msg.get("role")
-        repeats = role in _REPEATING_ROLES
-        for text in _content_text(msg.get("content")):
-            total += _count(enc, text, repeats)
+        content = msg.get("content")
+        if isinstance(content, str):
+            total += _count(enc, content, role in _REPEATING_ROLES)
+        elif isinstance(content, list):
+            repeats = role in _REPEATING_ROLES
+            for part in content:
+                if isinstance(part, Mapping) and isinstance(part.get("text"), str):
+                    total += _count(enc, part["text"], repeats)
         if isinstance(role, str):
             total += _count(enc, role, True)
-        if isinstance(msg.get("name"), str):
-            total += 1 + _count(enc, msg["name"], True)
-        for call in msg.get("tool_calls") or ():
-            fn = call.get("function") or {} if isinstance(call, Mapping) else {}
-            for field in ("name", "arguments"):
-                if isinstance(fn.get(field), str):
-                    total += _count(enc, fn[field], field == "name")
+        name = msg.get("name")
+        if isinstance(name, str):
+            total += 1 + _count(enc, name, True)
+        tool_calls = msg.get("tool_calls")
+        for call in tool_calls if isinstance(tool_calls, list) else ():
+            fn = call.get("function") if isinstance(call, Mapping) else None
+            if isinstance(fn, Mapping):
+                for field in ("name", "arguments"):
+                    if isinstance(fn.get(field), str):
+                        total += _count(enc, fn[field], field == "name")
     return total
 
 

@@ -26,6 +26,13 @@ def test_valid_chat_returns_the_route_and_keeps_the_body() -> None:
 @pytest.mark.parametrize(("patch", "param"), [
     ({"model": ""}, "model"),
     ({"messages": [{"role": "user", "content": {"a": 1}}]}, "messages[0].content"),
+    # Unhashable or missing roles, malformed tool calls: each a 400 naming the field, never a 500.
+    ({"messages": [{"role": ["user"], "content": "x"}]}, "messages[0].role"),
+    ({"messages": [{"role": {"a": 1}, "content": "x"}]}, "messages[0].role"),
+    ({"messages": [{"content": "x"}]}, "messages[0].role"),
+    ({"messages": [{"role": "assistant", "content": "x", "tool_calls": 5}]}, "messages[0].tool_calls"),
+    ({"messages": [{"role": "assistant", "tool_calls": ["x"]}]}, "messages[0].tool_calls[0]"),
+    ({"messages": [{"role": "assistant", "tool_calls": [{"function": [1]}]}]}, "messages[0].tool_calls[0]"),
     ({"max_completion_tokens": True}, "max_completion_tokens"),
     ({"presence_penalty": 2.5}, "presence_penalty"),
     ({"temperature": "hot"}, "temperature"),
