@@ -31,7 +31,7 @@ async def _gateway_error(request: Request, exc: Exception) -> Response:
     call = request.scope[CALL_KEY]
     call.error_type, call.error_code = type(exc).__name__, exc.error_code
     status, body, headers = error_response_parts(exc, call.request_id)
-    headers += [(k.encode(), v.encode()) for k, v in call.extra_headers.items() if k not in exc.headers]
+    headers += [(k, v) for k, v in call.extra_headers if k.decode() not in exc.headers]
     response = Response(body, status_code=status)
     response.raw_headers = [h for h in headers if h[0] != b"x-request-id"]  # ingress adds it to every response
     response.raw_headers.append((b"content-length", str(len(body)).encode()))

@@ -122,7 +122,7 @@ class IngressMiddleware:
         if started:
             return  # a streaming response reports its own errors in-band
         status, body, headers = error_response_parts(exc, call.request_id)
-        headers += [(k.encode(), v.encode()) for k, v in call.extra_headers.items() if k not in exc.headers]
+        headers += [(k, v) for k, v in call.extra_headers if k.decode() not in exc.headers]
         headers.append((b"content-length", b"%d" % len(body)))
         call.status = status
         await send({"type": "http.response.start", "status": status, "headers": headers})

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncGenerator
+from functools import partial
 from typing import Any
 
 import orjson
@@ -46,11 +47,8 @@ def _answer(gw: Gateway, body: bytes, hold: Hold | None, usage: Usage, call: Cal
     it before the request counts as over), so it costs the client no latency and is never dropped."""
     if hold is None:
         return JSONReply(body, _route_headers(call))
-
-    async def settle() -> None:
-        await gw.limits.settle(hold, usage, call.provider, call.target_model)
-
-    return JSONReply(body, _route_headers(call), after=settle)
+    return JSONReply(body, _route_headers(call),
+                     after=partial(gw.limits.settle, hold, usage, call.provider, call.target_model))
 
 
 def _json(body: bytes) -> Response:
@@ -61,8 +59,8 @@ def _route_headers(call: Call) -> list[tuple[bytes, bytes]]:
     return [
         (b"x-gateway-route", (call.route or "").encode()),
         (b"x-gateway-provider", (call.provider or "").encode()),
-        (b"x-gateway-attempts", str(call.attempt_count).encode()),
-        *((k.encode(), v.encode()) for k, v in call.extra_headers.items()),
+        (b"x-gateway-attempts", b"%d" % call.attempt_count),
+        *call.extra_headers,
     ]
 
 

@@ -15,6 +15,8 @@ from gateway.limits.pricing import usd_to_picousd
 from gateway.settings import BudgetSettings, RateLimitSettings, RouteSettings, Settings
 from gateway.store.state.base import MAX_PERIOD_UNITS, MAX_WINDOW_UNITS, Bucket, CheckedBuckets, check_buckets
 
+_new_tuple = tuple.__new__
+
 Unit = Literal["tokens", "usd", "requests"]
 Kind = Literal["period", "window"]
 Period = Literal["day", "month", "minute"]
@@ -40,9 +42,10 @@ class CounterSpec:
 
 # OpenAI's x-ratelimit-* headers: (unit of the window counter, header names), each reporting the tightest window.
 _RATE_HEADERS = (
-    ("requests_per_minute", ("x-ratelimit-limit-requests", "x-ratelimit-remaining-requests",
-                             "x-ratelimit-reset-requests")),
-    ("tokens_per_minute", ("x-ratelimit-limit-tokens", "x-ratelimit-remaining-tokens", "x-ratelimit-reset-tokens")),
+    ("requests_per_minute", (b"x-ratelimit-limit-requests", b"x-ratelimit-remaining-requests",
+                             b"x-ratelimit-reset-requests")),
+    ("tokens_per_minute", (b"x-ratelimit-limit-tokens", b"x-ratelimit-remaining-tokens",
+                           b"x-ratelimit-reset-tokens")),
 )
 
 
@@ -53,22 +56,39 @@ class GroupPlan:
     specs: tuple[CounterSpec, ...]
     names: tuple[str, ...]
     units: tuple[Unit, ...]
+    bounds: tuple[int, ...]
     # Header names and the indexes of the counters the tightest of which they report.
-    header_windows: tuple[tuple[tuple[str, str, str], tuple[int, ...]], ...]
+    header_windows: tuple[tuple[tuple[bytes, bytes, bytes], tuple[int, ...]], ...]
 
     @classmethod
     def of(cls, specs: list[CounterSpec]) -> GroupPlan:
         check_buckets([s.bucket(0, 0) for s in specs])  # once, so the store need not on every request
         windows = tuple((names, idx) for suffix, names in _RATE_HEADERS
                         if (idx := tuple(i for i, s in enumerate(specs) if s.name.endswith(suffix))))
-        return cls(tuple(specs), tuple(s.name for s in specs), tuple(s.unit for s in specs), windows)
+        return cls(tuple(specs), tuple(s.name for s in specs), tuple(s.unit for s in specs),
+                   tuple(s.bound for s in specs), windows)
 
     def buckets(self, tokens: int, usd: int) -> CheckedBuckets:
-        return CheckedBuckets([spec.bucket(tokens, usd) for spec in self.specs])
+        # CounterSpec.bucket inlined, and each Bucket made without NamedTuple's Python-level __new__:
+        # this runs for every counter of every request.
+        return CheckedBuckets([
+            _new_tuple(Bucket, (s.key, s.hash_tag, s.limit, s.kind, s.period,
+                                s.bound if (a := tokens if s.unit == "tokens" else usd if s.unit == "usd" else 1)
+                                > s.bound else a if a > 0 else 0, s.name))
+            for s in self.specs])
 
     def actual(self, tokens: int, usd: int) -> dict[str, int]:
         return {name: tokens if unit == "tokens" else usd if unit == "usd" else 1
                 for name, unit in zip(self.names, self.units, strict=True)}
+
+    def spent(self, tokens: int, usd: int) -> list[int]:
+        """What each counter is settled at, in order, clamped like `buckets` (a provider may report anything)."""
+        return [b if (a := tokens if unit == "tokens" else usd if unit == "usd" else 1) > b else a if a > 0 else 0
+                for unit, b in zip(self.units, self.bounds, strict=True)]
+
+    @property
+    def nothing(self) -> list[int]:
+        return [0] * len(self.specs)
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,6 +26,7 @@ from gateway.providers.base import Usage
 from gateway.resilience.backoff import retry_after_headers
 from gateway.settings import RouteSettings, Settings
 from gateway.store.state.base import Bucket, Decision, StateStore, StateUnavailable
+from gateway.store.state.memory import Held, MemoryStateStore
 
 _log = logging.getLogger("gateway.limits")
 
@@ -42,17 +43,19 @@ class StateDown(ServiceUnavailable):
 class Hold:
     """What one call reserved; settled or released exactly once."""
 
-    reservation_id: str
-    groups: list[tuple[GroupPlan, tuple[Bucket, ...]]]  # what each reserved group holds
+    reservation_id: str  # "" when the store is in this process: it hands over the hold itself
+    # What each reserved group holds, and the in-process store's hold of it.
+    groups: list[tuple[GroupPlan, tuple[Bucket, ...], Held | None]]
     prompt_tokens: int
     completion_tokens: int
     usd_picousd: int
     done: bool = False
 
 
-def _ratelimit_headers(decision: Decision, group: tuple[Bucket, ...], plan: GroupPlan, out: dict[str, str]) -> None:
+def _ratelimit_headers(decision: Decision, group: tuple[Bucket, ...], plan: GroupPlan) -> list[tuple[bytes, bytes]]:
     """OpenAI's x-ratelimit-* headers from the tightest requests and tokens windows."""
     remaining = decision.remaining
+    out: list[tuple[bytes, bytes]] = []
     for (limit_name, remaining_name, reset_name), indexes in plan.header_windows:
         tight = group[indexes[0]]
         left = remaining.get(tight.name, tight.limit)
@@ -61,9 +64,9 @@ def _ratelimit_headers(decision: Decision, group: tuple[Bucket, ...], plan: Grou
             b_left = remaining.get(b.name, b.limit)
             if b_left < left:
                 tight, left = b, b_left
-        out[limit_name] = str(tight.limit)
-        out[remaining_name] = str(left if left > 0 else 0)
-        out[reset_name] = f"{decision.reset_s.get(tight.name, 60.0):.3f}s"
+        out += ((limit_name, b"%d" % tight.limit), (remaining_name, b"%d" % (left if left > 0 else 0)),
+                (reset_name, b"%.3fs" % decision.reset_s.get(tight.name, 60.0)))
+    return out
 
 
 class Limits:
@@ -76,6 +79,8 @@ class Limits:
         # Nothing an in-process store does suspends, so a cancellation cannot cut a settlement short
         # there and it needs no shield (a task per request); a networked store's does.
         self._shield = not store.in_process
+        # The memory store is called directly: its holds need no ids, its calls no coroutines.
+        self._local = store if isinstance(store, MemoryStateStore) else None
         # Read once: pydantic attribute access costs on every request.
         self._ttl_s = settings.limits.reservation_ttl_s
         self._estimate_margin = settings.limits.estimate_margin
@@ -128,22 +133,28 @@ class Limits:
         completion = self._completion_cap(body, plan.bounded) if call.kind == "chat" else 0
         tokens = prompt + completion
         usd = self._price_bound(plan.prices, prompt, completion)
-        hold = Hold(random_hex(12), [], prompt, completion, usd)
+        local = self._local
+        hold = Hold("" if local is not None else random_hex(12), [], prompt, completion, usd)
         for group_plan in plan.groups:
             group = group_plan.buckets(tokens, usd)
-            try:
-                decision = await self.store.reserve(hold.reservation_id, group, self._ttl_s)
-            except StateUnavailable as e:
-                if self._unchecked_allowed(group, e):
-                    continue
-                await self.release(hold)
-                raise StateDown("Budgets cannot be checked right now (the state store is unreachable); retry shortly.",
-                                headers=retry_after_headers(1.0)) from None
+            held: Held | None = None
+            if local is not None:
+                decision, held = local.hold(group, self._ttl_s)
+            else:
+                try:
+                    decision = await self.store.reserve(hold.reservation_id, group, self._ttl_s)
+                except StateUnavailable as e:
+                    if self._unchecked_allowed(group, e):
+                        continue
+                    await self.release(hold)
+                    raise StateDown(
+                        "Budgets cannot be checked right now (the state store is unreachable); retry shortly.",
+                        headers=retry_after_headers(1.0)) from None
             if not decision.ok:
                 await self.release(hold)
                 raise self._refusal(decision, group, group_plan)
-            hold.groups.append((group_plan, group))
-            _ratelimit_headers(decision, group, group_plan, call.extra_headers)
+            hold.groups.append((group_plan, group, held))
+            call.extra_headers += _ratelimit_headers(decision, group, group_plan)
         return hold if hold.groups else None
 
     def _unchecked_allowed(self, group: tuple[Bucket, ...], error: StateUnavailable) -> bool:
@@ -158,7 +169,7 @@ class Limits:
         failed = decision.failed
         assert failed is not None
         headers = retry_after_headers(decision.retry_after_s or 1.0)
-        _ratelimit_headers(decision, group, plan, headers)
+        headers.update((k.decode(), v.decode()) for k, v in _ratelimit_headers(decision, group, plan))
         self.metrics.rejected.labels("budget" if failed.kind == "period" else "rate_limit").inc()
         if failed.kind == "period":
             return InsufficientQuota(
@@ -175,19 +186,26 @@ class Limits:
         if hold is None or hold.done:
             return
         hold.done = True
-        if self._shield:
+        if self._local is not None:
+            tokens, usd = self._actual(hold, usage, provider, model)
+            for group_plan, _, held in hold.groups:
+                if held is not None:
+                    self._local.settle_held(held, group_plan.spent(tokens, usd))
+        elif self._shield:
             await asyncio.shield(self._settle(hold, usage, provider, model))
         else:
             await self._settle(hold, usage, provider, model)
 
-    async def _settle(self, hold: Hold, usage: Usage | None, provider: str | None, model: str | None) -> None:
+    def _actual(self, hold: Hold, usage: Usage | None, provider: str | None, model: str | None) -> tuple[int, int]:
+        """(tokens, pico-dollars) the call really spent; what was reserved when that is not known."""
         if usage is None or not usage.reported or provider is None or model is None:
-            actual_tokens, actual_usd = hold.prompt_tokens + hold.completion_tokens, hold.usd_picousd
-        else:
-            actual_tokens = usage.prompt_tokens + usage.completion_tokens
-            actual_usd = self._pricing.cost_picousd(provider, model, usage.prompt_tokens,
-                                                            usage.completion_tokens, usage.cached_tokens)
-        for group_plan, group in hold.groups:
+            return hold.prompt_tokens + hold.completion_tokens, hold.usd_picousd
+        return usage.prompt_tokens + usage.completion_tokens, self._pricing.cost_picousd(
+            provider, model, usage.prompt_tokens, usage.completion_tokens, usage.cached_tokens)
+
+    async def _settle(self, hold: Hold, usage: Usage | None, provider: str | None, model: str | None) -> None:
+        actual_tokens, actual_usd = self._actual(hold, usage, provider, model)
+        for group_plan, group, _ in hold.groups:
             try:
                 await self.store.settle(hold.reservation_id, group, group_plan.actual(actual_tokens, actual_usd))
             except StateUnavailable:
@@ -198,13 +216,17 @@ class Limits:
         if hold is None or hold.done:
             return
         hold.done = True
-        if self._shield:
+        if self._local is not None:
+            for group_plan, _, held in hold.groups:
+                if held is not None:
+                    self._local.settle_held(held, group_plan.nothing)
+        elif self._shield:
             await asyncio.shield(self._release(hold))
         else:
             await self._release(hold)
 
     async def _release(self, hold: Hold) -> None:
-        for _, group in hold.groups:
+        for _, group, _ in hold.groups:
             try:
                 await self.store.release(hold.reservation_id, group)
             except StateUnavailable:

@@ -67,13 +67,17 @@ class Call:
     ttft_ms: float | None = None
     client_disconnected: bool = False
     # Headers every response of this call carries, errors included (x-ratelimit-*).
-    extra_headers: dict[str, str] = field(default_factory=dict)
+    extra_headers: list[tuple[bytes, bytes]] = field(default_factory=list)
     # Run by the ingress when the request is over (streams included): releases what stages took.
     deferred: list[Callable[[], None]] = field(default_factory=list)
 
     @property
     def attempt_count(self) -> int:
-        return sum(1 for a in self.attempts if not a.skipped)
+        n = 0
+        for a in self.attempts:
+            if not a.skipped:
+                n += 1
+        return n
 
     def elapsed_ms(self) -> float:
         return (time.perf_counter() - self.started) * 1000

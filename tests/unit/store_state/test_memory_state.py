@@ -1,7 +1,11 @@
 """The memory state store alone: the shared behaviour, plus what only memory has (bounded tables)."""
 
 import asyncio
+import math
 
+import pytest
+
+from gateway.store.state.base import Bucket, CheckedBuckets, check_buckets
 from gateway.store.state.memory import MemoryStateStore
 from gateway.store.state.periods import MEMORY_DONE_TTL_S
 from tests.unit.store_state.behaviour import NOON, TTL, StateStoreBehaviour, bucket
@@ -111,3 +115,69 @@ async def test_ping_and_aclose() -> None:
     store = MemoryStateStore()
     assert await store.ping()
     await store.aclose()
+
+
+# -- holds kept by their caller (the limits stage's path): same counters, no reservation ids --------
+
+
+def checked(buckets: list[Bucket]) -> CheckedBuckets:
+    check_buckets(buckets)
+    return CheckedBuckets(buckets)
+
+
+async def test_a_kept_hold_counts_until_settled_at_what_was_spent() -> None:
+    store = MemoryStateStore()
+    b = checked(BUCKETS)
+    decision, held = store.hold(b, TTL, now=NOON)
+    assert decision.ok and held is not None
+    assert decision.remaining["tpd"] == 10**9 - 100
+    assert await store.usage(b, now=NOON) == {"tpd": 100, "tokens_month": 100, "rpm": 1, "tpm": 100}
+    store.settle_held(held, [30, 30, 1, 30], now=NOON + 1)
+    assert await store.usage(b, now=NOON + 1) == {"tpd": 30, "tokens_month": 30, "rpm": 1, "tpm": 30}
+    store.settle_held(held, [99, 99, 1, 99], now=NOON + 2)  # settled once: a second call changes nothing
+    assert await store.usage(b, now=NOON + 2) == {"tpd": 30, "tokens_month": 30, "rpm": 1, "tpm": 30}
+    assert store.stats() == {"counters": 4, "holds": 0, "records": 0, "gc_entries": 4}
+
+
+async def test_kept_and_id_holds_share_the_counters_and_refuse_alike() -> None:
+    store = MemoryStateStore()
+    b = checked([bucket("tpd", 250, 100)])
+    assert (await store.reserve("by-id", b, TTL, now=NOON)).ok
+    decision, held = store.hold(b, TTL, now=NOON)
+    assert decision.ok and held is not None
+    refused, none = store.hold(b, TTL, now=NOON)
+    assert not refused.ok and none is None and refused.failed is not None and refused.failed.name == "tpd"
+    assert refused.retry_after_s is not None
+    store.settle_held(held, [0], now=NOON)  # a release
+    assert (await store.reserve("again", b, TTL, now=NOON)).ok
+    assert await store.usage(b, now=NOON) == {"tpd": 200}
+
+
+async def test_an_unsettled_kept_hold_expires_and_a_late_settle_still_counts() -> None:
+    store = MemoryStateStore()
+    b = checked([bucket("tpd", 100, 80), bucket("rpm", 10, 1, period="minute")])
+    _, held = store.hold(b, 30, now=NOON)
+    assert held is not None
+    assert not store.hold(b, 30, now=NOON + 29)[0].ok
+    assert store.hold(b, 30, now=NOON + 30)[0].ok  # the first hold expired: its 80 and 1 went back
+    assert await store.usage(b, now=NOON + 31) == {"tpd": 80, "rpm": 1}
+    store.settle_held(held, [15, 1], now=NOON + 31)  # the spend is real, and counts in its period
+    assert await store.usage(b, now=NOON + 31) == {"tpd": 95, "rpm": 2}
+    assert not store._holding or held not in store._holding
+
+
+async def test_a_kept_hold_settled_before_its_expiry_was_collected_counts_once() -> None:
+    store = MemoryStateStore()
+    b = checked([bucket("tpd", 1000, 100)])
+    _, held = store.hold(b, 30, now=NOON)
+    assert held is not None
+    store.settle_held(held, [40], now=NOON + 45)  # past its expiry, before any call collected it
+    assert await store.usage(b, now=NOON + 46) == {"tpd": 40}
+    assert store.stats()["holds"] == 0
+
+
+def test_a_kept_hold_needs_a_finite_positive_ttl() -> None:
+    store = MemoryStateStore()
+    for ttl in (0, -1, math.inf, math.nan):
+        with pytest.raises(ValueError, match="ttl_s"):
+            store.hold(checked(BUCKETS), ttl, now=NOON)
