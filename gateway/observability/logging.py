@@ -26,8 +26,16 @@ _POLL_S = 0.02  # how often an idle writer looks for lines
 ACCESS_LOGGER = "gateway.access"
 
 
+# The last whole second formatted, per thread: every line of a second shares it.
+_seconds = threading.local()
+
+
 def _timestamp(created: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(created)) + f".{int(created * 1000) % 1000:03d}Z"
+    second = int(created // 1)
+    memo = getattr(_seconds, "memo", None)
+    if memo is None or memo[0] != second:
+        memo = _seconds.memo = (second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)))
+    return f"{memo[1]}.{int(created * 1000) % 1000:03d}Z"
 
 
 class JsonFormatter(logging.Formatter):
@@ -46,9 +54,12 @@ class JsonFormatter(logging.Formatter):
         return orjson.dumps(out, default=str).decode()
 
 
-def _access_line(created: float, fields: dict[str, Any]) -> str:
-    out = {"ts": _timestamp(created), "level": "info", "logger": ACCESS_LOGGER, "msg": "request", **fields}
-    return orjson.dumps(out, default=str).decode()
+def _access_line(created: float, fields: dict[str, Any]) -> bytes:
+    # The fixed keys are put in front of the fields' own JSON: no merged dict per line.
+    head = b'{"ts":"%s","level":"info","logger":"%s","msg":"request"' % (_timestamp(created).encode(),
+                                                                         ACCESS_LOGGER.encode())
+    body = orjson.dumps(fields, default=str)
+    return head + b"}" if body == b"{}" else head + b"," + body[1:]
 
 
 class _PipelineHandler(logging.Handler):
@@ -121,24 +132,33 @@ class LogPipeline:
                     return
                 self._stopping.wait(_POLL_S)
                 continue
-            lines: list[str] = []
+            lines: list[bytes] = []
             while items and len(lines) < _BATCH:
                 lines.append(self._format(items.popleft()))
-            self._write("\n".join(lines) + "\n")
+            lines.append(b"")
+            self._write(b"\n".join(lines))
 
-    def _format(self, item: Any) -> str:
+    def _format(self, item: Any) -> bytes:
         try:
             if isinstance(item, tuple):
                 return _access_line(*item)
-            return self.formatter.format(item)
+            return self.formatter.format(item).encode()
         except Exception as e:  # a record that cannot be formatted must not end the writer
             return orjson.dumps({"level": "error", "logger": "gateway.logging",
-                                 "msg": f"unformattable log record: {type(e).__name__}"}).decode()
+                                 "msg": f"unformattable log record: {type(e).__name__}"})
 
-    def _write(self, text: str) -> None:
+    def _write(self, data: bytes) -> None:
         try:
-            self.stream.write(text)
-            self.stream.flush()
+            # The lines are UTF-8 JSON already: straight to the binary stream under a text one (stdout),
+            # not decoded here to be encoded again there.
+            binary = getattr(self.stream, "buffer", None)
+            if binary is not None:
+                self.stream.flush()
+                binary.write(data)
+                binary.flush()
+            else:
+                self.stream.write(data.decode())
+                self.stream.flush()
         except (OSError, ValueError):
             pass  # stdout gone (closed pipe): nothing to report to
 
