@@ -82,14 +82,15 @@ class Call:
     def elapsed_ms(self) -> float:
         return (time.perf_counter() - self.started) * 1000
 
-    def log_record(self) -> dict[str, Any]:
+    def log_record(self, attempts: list[dict[str, Any]] | None = None, latency_ms: float | None = None
+                   ) -> dict[str, Any]:
         usage = self.usage
         rec: dict[str, Any] = {
             "request_id": self.request_id,
             "method": self.method,
             "path": self.path,
             "status": self.status,
-            "latency_ms": round(self.elapsed_ms(), 3),
+            "latency_ms": round(self.elapsed_ms() if latency_ms is None else latency_ms, 3),
             "tenant": self.tenant,
             "key_id": self.key_id,
             "route": self.route,
@@ -108,7 +109,7 @@ class Call:
         if self.ttft_ms is not None:
             rec["ttft_ms"] = round(self.ttft_ms, 3)
         if self.attempts:
-            rec["attempts"] = [a.as_dict() for a in self.attempts]
+            rec["attempts"] = [a.as_dict() for a in self.attempts] if attempts is None else attempts
         if self.error_type:
             rec["error"] = {"type": self.error_type, "code": self.error_code}
         if self.client_disconnected:

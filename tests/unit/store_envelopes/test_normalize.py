@@ -1,12 +1,14 @@
 """normalize_envelope: what the writer accepts and the row it makes of it."""
 
+import math
+import random
 import sys
 from datetime import UTC, date, datetime, timedelta, timezone
 from decimal import Decimal
 
 import pytest
 
-from gateway.store.envelope_rows import envelope_row_json, row_from_json, row_json
+from gateway.store.envelope_rows import created_texts, envelope_row_json, row_from_json, row_json
 from gateway.store.envelopes import ENVELOPE_KEYS, EnvelopeRejected, normalize_envelope
 from gateway.store.schema import envelopes
 
@@ -153,3 +155,29 @@ def test_the_gateways_envelope_lists_its_keys_in_column_order() -> None:
     shuffled = dict(reversed(list(env.items())))
     for backend in ("sqlite", "postgresql"):
         assert envelope_row_json(shuffled, backend) == envelope_row_json(env, backend)
+
+
+def _times() -> list[float]:
+    rng = random.Random(20261130)
+    edges = [0.0, 0.5, -0.5, 1e-7, -1e-7, 1764460800.9999995, 1764460800.0000005, 1764460800.0000015,
+             1764460799.9999996, 253402300798.999999, -62135596800.0, 1.5e9 + 0.1234565]
+    return (edges + [rng.uniform(-6e10, 2.5e11) for _ in range(3000)]
+            + [1764460800 + rng.random() for _ in range(3000)] + [1764460800 + k / 1e6 + 5e-7 for k in range(1000)])
+
+
+def test_created_texts_are_datetimes_text_to_the_character() -> None:
+    """The memoised split of a timestamp gives what datetime.fromtimestamp(t, UTC) and its isoformat give,
+    half-even microseconds and the carry into the next second included."""
+    for t in _times():
+        at = datetime.fromtimestamp(t, UTC)
+        assert created_texts(t, "sqlite") == (at.replace(tzinfo=None).isoformat(" ", "microseconds"),
+                                              at.date().isoformat()), t
+        assert created_texts(t, "postgresql") == (at.isoformat(), at.date().isoformat()), t
+
+
+@pytest.mark.parametrize("t", [math.inf, -math.inf, math.nan, 1e20, 253402300800.0])
+def test_created_texts_refuse_what_datetime_refuses(t: float) -> None:
+    with pytest.raises((OverflowError, ValueError)):
+        datetime.fromtimestamp(t, UTC)
+    with pytest.raises((OverflowError, ValueError)):
+        created_texts(t, "sqlite")
