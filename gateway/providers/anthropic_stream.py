@@ -32,7 +32,7 @@ from gateway.errors import (
     UpstreamUnavailable,
     redact,
 )
-from gateway.providers.base import Usage
+from gateway.providers.base import Usage, reported_tokens
 
 _FINISH_REASONS: dict[str, str] = {
     "end_turn": "stop",
@@ -65,8 +65,7 @@ def finish_reason_for(stop_reason: Any) -> str:
 
 
 def _count(raw: dict[str, Any], key: str) -> int:
-    value = raw.get(key)
-    return value if isinstance(value, int) and not isinstance(value, bool) else 0
+    return reported_tokens(raw, key)
 
 
 def update_usage(usage: Usage, raw: dict[str, Any]) -> None:

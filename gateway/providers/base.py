@@ -9,10 +9,11 @@ pooled HTTP client. An OpenAI-compatible provider is the identity dialect plus a
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from gateway.errors import UpstreamBadResponse
 from gateway.settings import ProviderSettings
 
 
@@ -27,6 +28,24 @@ class Usage:
     @property
     def total_tokens(self) -> int:
         return self.prompt_tokens + self.completion_tokens
+
+
+# More tokens than any call can have: a count above it is a broken report, not usage to bill.
+MAX_REPORTED_TOKENS = 2**40
+
+
+def reported_tokens(obj: Mapping[str, Any], key: str) -> int:
+    """A token count from a provider's usage object (absent: 0). Anything but a whole number in
+    [0, 2**40] is a broken answer (UpstreamBadResponse, a 502): never a crash, a negative spend,
+    or a count too large for the ledger."""
+    v = obj.get(key)
+    if v is None:
+        return 0
+    if type(v) is int and 0 <= v <= MAX_REPORTED_TOKENS:
+        return v
+    if type(v) is float and v.is_integer() and 0 <= v <= MAX_REPORTED_TOKENS:
+        return int(v)
+    raise UpstreamBadResponse(f"the provider reported an impossible usage.{key}")
 
 
 @dataclass(slots=True)

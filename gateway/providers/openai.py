@@ -12,18 +12,20 @@ from typing import Any
 import orjson
 
 from gateway.errors import UpstreamBadResponse
-from gateway.providers.base import ChatResult, Dialect, EmbeddingsResult, Usage
+from gateway.providers.base import ChatResult, Dialect, EmbeddingsResult, Usage, reported_tokens
 from gateway.settings import ProviderSettings
 
 
 def usage_from_openai(obj: Any) -> Usage:
+    """The usage an OpenAI-shaped answer reports; a count that is not a whole number of tokens is
+    a broken answer (502), never a 500 or a negative spend."""
     if not isinstance(obj, dict):
         return Usage()
-    details = obj.get("prompt_tokens_details") or {}
+    details = obj.get("prompt_tokens_details")
     return Usage(
-        prompt_tokens=int(obj.get("prompt_tokens") or 0),
-        completion_tokens=int(obj.get("completion_tokens") or 0),
-        cached_tokens=int((details.get("cached_tokens") if isinstance(details, dict) else 0) or 0),
+        prompt_tokens=reported_tokens(obj, "prompt_tokens"),
+        completion_tokens=reported_tokens(obj, "completion_tokens"),
+        cached_tokens=reported_tokens(details, "cached_tokens") if isinstance(details, dict) else 0,
         reported=True,
     )
 

@@ -546,6 +546,14 @@ def test_decode_usage_with_cache_tokens(dialect: AnthropicDialect) -> None:
     assert (result.usage.prompt_tokens, result.usage.cached_tokens, result.usage.total_tokens) == (1210, 1000, 1215)
 
 
+@pytest.mark.parametrize("usage", [{"input_tokens": -3}, {"output_tokens": 2**41}, {"cache_read_input_tokens": 2.5}])
+def test_impossible_usage_is_a_bad_answer(dialect: AnthropicDialect, usage: dict[str, Any]) -> None:
+    raw = orjson.loads(anthropic_message([{"type": "text", "text": "ok"}]))
+    raw["usage"].update(usage)
+    with pytest.raises(UpstreamBadResponse, match="impossible usage"):
+        dialect.decode_chat(orjson.dumps(raw), "route")
+
+
 @pytest.mark.parametrize(
     ("stop_reason", "finish_reason"),
     [

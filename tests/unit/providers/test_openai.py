@@ -50,6 +50,22 @@ def test_decode_relays_bytes_and_reads_usage() -> None:
             OpenAIDialect().decode_chat(bad, "m")
 
 
+@pytest.mark.parametrize("usage", [{"prompt_tokens": "5"}, {"completion_tokens": -1}, {"prompt_tokens": 1.5},
+                                   {"prompt_tokens": 2**41}, {"prompt_tokens": True},
+                                   {"prompt_tokens_details": {"cached_tokens": [1]}}])
+def test_impossible_usage_is_a_bad_answer_not_a_crash(usage: dict[str, object]) -> None:
+    raw = orjson.dumps({"id": "x", "model": "m", "choices": [{"finish_reason": "stop"}], "usage": usage})
+    with pytest.raises(UpstreamBadResponse, match="impossible usage"):
+        OpenAIDialect().decode_chat(raw, "m")
+
+
+def test_whole_float_counts_and_absent_details_are_read() -> None:
+    raw = orjson.dumps({"choices": [], "usage": {"prompt_tokens": 5.0, "completion_tokens": 0,
+                                                 "prompt_tokens_details": None}})
+    usage = OpenAIDialect().decode_chat(raw, "m").usage
+    assert (usage.prompt_tokens, usage.completion_tokens, usage.cached_tokens, usage.reported) == (5, 0, 0, True)
+
+
 def test_stream_translator_hides_usage_chunk_unless_asked() -> None:
     chunks = [
         _chunk(choices=[{"index": 0, "delta": {"role": "assistant", "content": ""}}], usage=None),
