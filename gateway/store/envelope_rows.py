@@ -171,6 +171,8 @@ _DAY = _INSERT_COLUMNS.index("day")
 _JSON_AT = tuple(_INSERT_COLUMNS.index(c) for c in _JSON)
 _BOOL_AT = tuple(_INSERT_COLUMNS.index(c) for c in _BOOL)
 _COLUMNS_BUT_DAY = tuple(c for c in _INSERT_COLUMNS if c != "day")
+# The keys of an envelope the gateway builds, in this order (`day` is derived from created_at).
+ENVELOPE_FIELDS = _COLUMNS_BUT_DAY
 _ENVELOPE_ID = _INSERT_COLUMNS.index("envelope_id")
 _REQUEST_ID = _INSERT_COLUMNS.index("request_id")
 
@@ -221,12 +223,29 @@ def envelope_row_json(env: Mapping[str, Any], backend: str) -> str:
         return row_json(normalize_envelope(env), backend)
 
 
+def values_row_json(fields: list[Any], backend: str) -> str | None:
+    """`envelope_row_json(dict(zip(ENVELOPE_FIELDS, fields)), backend)` without the dict, for values
+    already of their columns' kinds; None for any other (the dict then takes the full path)."""
+    values = fields[:_DAY]
+    values.append(None)
+    values += fields[_DAY:]
+    try:
+        return _checked_row_json(values, backend)
+    except _NotPlain:
+        return None
+
+
 def _plain_row_json(env: Mapping[str, Any], backend: str) -> str:
     if type(env) is dict and tuple(env) == _COLUMNS_BUT_DAY:  # the gateway's own envelope: its values in order
         values = list(env.values())
         values.insert(_DAY, None)
     else:
         values = [env.get(c) for c in _INSERT_COLUMNS]
+    return _checked_row_json(values, backend)
+
+
+def _checked_row_json(values: list[Any], backend: str) -> str:
+    """The row of `values` (in column order, `day` a placeholder), checked and converted in place."""
     created = values[_CREATED]
     if type(created) is not float or not values[_ENVELOPE_ID] or type(values[_ENVELOPE_ID]) is not str:
         raise _NotPlain

@@ -31,6 +31,7 @@ from typing import Any
 from sqlalchemy import exc
 
 from gateway.store.envelope_rows import (
+    ENVELOPE_FIELDS,
     ENVELOPE_KEYS,
     EnvelopeRejected,
     batch_statements,
@@ -38,6 +39,7 @@ from gateway.store.envelope_rows import (
     normalize_envelope,
     row_from_json,
     row_json,
+    values_row_json,
 )
 from gateway.store.journal import Journal
 from gateway.store.ledger import Ledger, LedgerUnavailable
@@ -122,6 +124,23 @@ class EnvelopeWriter:
             n = len(self._buf)
             if n == 1 or n >= self._batch_size:
                 self._wake.set()
+        except Exception:
+            log.exception("envelope submit failed")
+
+    def submit_fields(self, fields: list[Any]) -> None:
+        """`submit(dict(zip(ENVELOPE_FIELDS, fields)))`, for the envelope of every request: its row is
+        made straight from the values; the dict only when it cannot be (overflow, a value to convert)."""
+        try:
+            if fields[0] and not self._closed and len(self._buf) < self._queue_size:
+                row = values_row_json(fields, self._backend)
+                if row is not None:
+                    self._submitted += 1
+                    self._buf.append(row)
+                    n = len(self._buf)
+                    if n == 1 or n >= self._batch_size:
+                        self._wake.set()
+                    return
+            self.submit(dict(zip(ENVELOPE_FIELDS, fields, strict=True)))
         except Exception:
             log.exception("envelope submit failed")
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select, text
 
+from gateway.store.envelope_rows import ENVELOPE_FIELDS
 from gateway.store.envelopes import EnvelopeWriter
 from gateway.store.journal import REJECTED_SUFFIX, SUFFIX
 from gateway.store.schema import envelopes
@@ -192,6 +193,41 @@ async def test_submit_never_raises_and_bad_envelopes_are_set_aside(ledger, journ
     (rejected,) = journal_dir.glob(f"*{REJECTED_SUFFIX}")
     reasons = [json.loads(line)["reason"] for line in rejected.read_text().splitlines()]
     assert reasons == ["request_id missing", "prompt_tokens: 'lots' is not a number"]
+
+
+def fields(e: dict) -> list:
+    return [e.get(k) for k in ENVELOPE_FIELDS]
+
+
+async def test_envelopes_submitted_as_values_land_as_submitted_ones_do(ledger, journal_dir, writers):
+    """submit_fields (every request's way in) makes the row from the values; what it cannot take as it
+    is (a value to convert, a bad one, a full queue) goes the dict's way, with the same outcome."""
+    w = make(writers, ledger, journal_dir, queue_size=20, batch_size=5, flush_interval_s=0.05)
+    await w.start()
+    plain = [env(i, stream=True, usage_reported=False, attempts=[{"provider": "p"}]) for i in range(5)]
+    converted = env(5, prompt_tokens="12", created_at=T0)
+    no_id = env(6, envelope_id=None)
+    for e in [*plain, converted, no_id]:
+        w.submit_fields(fields(e))
+    w.submit_fields(fields(env(7, prompt_tokens="lots")))
+    overflow = [env(100 + i) for i in range(30)]  # no await: the queue fills and the rest is journaled
+    for e in overflow:
+        w.submit_fields(fields(e))
+    assert w.stats["overflowed"] > 0
+    await w.flush()
+    await eventually(lambda: _all_in_count(ledger, 5 + 2 + 30), timeout_s=10)
+    ids = await all_ids(ledger)
+    assert {e["envelope_id"] for e in [*plain, converted, *overflow]} <= ids
+    assert w.stats["rejected"] == 1
+    async with ledger.read() as conn:
+        row = (await conn.execute(select(envelopes).where(envelopes.c.envelope_id == converted["envelope_id"]))).one()
+        first = (await conn.execute(select(envelopes).where(envelopes.c.envelope_id == plain[0]["envelope_id"]))).one()
+    assert row.prompt_tokens == 12 and row.created_at == T0
+    assert first.stream is True and first.usage_reported is False and first.attempts == [{"provider": "p"}]
+
+
+async def _all_in_count(ledger, n: int) -> bool:
+    return len(await all_ids(ledger)) == n
 
 
 async def test_replay_is_idempotent(ledger, journal_dir, writers):

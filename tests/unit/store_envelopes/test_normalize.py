@@ -8,7 +8,14 @@ from decimal import Decimal
 
 import pytest
 
-from gateway.store.envelope_rows import created_texts, envelope_row_json, row_from_json, row_json
+from gateway.store.envelope_rows import (
+    ENVELOPE_FIELDS,
+    created_texts,
+    envelope_row_json,
+    row_from_json,
+    row_json,
+    values_row_json,
+)
 from gateway.store.envelopes import ENVELOPE_KEYS, EnvelopeRejected, normalize_envelope
 from gateway.store.schema import envelopes
 
@@ -137,7 +144,14 @@ def _gateway_envelope(**changes: object) -> dict[str, object]:
 ])
 def test_the_one_pass_row_equals_the_full_path(backend: str, changes: dict[str, object]) -> None:
     env = _gateway_envelope(**changes)
-    assert envelope_row_json(env, backend) == row_json(normalize_envelope(env), backend)
+    full = row_json(normalize_envelope(env), backend)
+    assert envelope_row_json(env, backend) == full
+    # From the values alone (what every request submits): the same row, or None for the full path.
+    fields = [env[k] for k in ENVELOPE_FIELDS]
+    assert values_row_json(fields, backend) in (full, None)
+    assert fields == [env[k] for k in ENVELOPE_FIELDS]  # left as they were
+    if not changes:
+        assert values_row_json(fields, backend) == full
 
 
 @pytest.mark.parametrize("changes", [{"prompt_tokens": 2**31}, {"request_id": ""}, {"created_at": "yesterday"}])
@@ -150,8 +164,12 @@ def test_the_gateways_envelope_lists_its_keys_in_column_order() -> None:
     from gateway.pipeline.context import Call
     from gateway.pipeline.record import envelope
 
-    env = envelope(Call(request_id="r", method="POST", path="/v1/chat/completions"))
-    assert tuple(env) == tuple(k for k in ENVELOPE_KEYS if k != "day")
+    call = Call(request_id="r", method="POST", path="/v1/chat/completions")
+    env = envelope(call)
+    assert tuple(env) == tuple(k for k in ENVELOPE_KEYS if k != "day") == ENVELOPE_FIELDS
+    fields = list(env.values())
+    for backend in ("sqlite", "postgresql"):
+        assert values_row_json(fields, backend) == envelope_row_json(env, backend)
     shuffled = dict(reversed(list(env.items())))
     for backend in ("sqlite", "postgresql"):
         assert envelope_row_json(shuffled, backend) == envelope_row_json(env, backend)
