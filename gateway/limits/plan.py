@@ -14,6 +14,7 @@ from typing import Literal
 from gateway.limits.pricing import usd_to_picousd
 from gateway.settings import BudgetSettings, RateLimitSettings, RouteSettings, Settings
 from gateway.store.state.base import MAX_PERIOD_UNITS, MAX_WINDOW_UNITS, Bucket, CheckedBuckets, check_buckets
+from gateway.store.state.memory import Lane
 
 _new_tuple = tuple.__new__
 
@@ -59,14 +60,18 @@ class GroupPlan:
     bounds: tuple[int, ...]
     # Header names and the indexes of the counters the tightest of which they report.
     header_windows: tuple[tuple[tuple[bytes, bytes, bytes], tuple[int, ...]], ...]
+    limit_values: tuple[bytes, ...]  # each counter's limit, as its x-ratelimit-limit-* header says it
+    lane: Lane  # the memory store's view of these counters (unused with another store)
 
     @classmethod
     def of(cls, specs: list[CounterSpec]) -> GroupPlan:
-        check_buckets([s.bucket(0, 0) for s in specs])  # once, so the store need not on every request
+        empty = [s.bucket(0, 0) for s in specs]
+        check_buckets(empty)  # once, so the store need not on every request
         windows = tuple((names, idx) for suffix, names in _RATE_HEADERS
                         if (idx := tuple(i for i, s in enumerate(specs) if s.name.endswith(suffix))))
         return cls(tuple(specs), tuple(s.name for s in specs), tuple(s.unit for s in specs),
-                   tuple(s.bound for s in specs), windows)
+                   tuple(s.bound for s in specs), windows, tuple(b"%d" % s.limit for s in specs),
+                   Lane(CheckedBuckets(empty)))
 
     def buckets(self, tokens: int, usd: int) -> CheckedBuckets:
         # CounterSpec.bucket inlined, and each Bucket made without NamedTuple's Python-level __new__:

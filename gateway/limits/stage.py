@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -44,12 +45,26 @@ class Hold:
     """What one call reserved; settled or released exactly once."""
 
     reservation_id: str  # "" when the store is in this process: it hands over the hold itself
-    # What each reserved group holds, and the in-process store's hold of it.
-    groups: list[tuple[GroupPlan, tuple[Bucket, ...], Held | None]]
+    groups: list[tuple[GroupPlan, tuple[Bucket, ...]]]  # what each group holds in a networked store
+    held: list[tuple[GroupPlan, Held]]  # what each group holds in the memory store
     prompt_tokens: int
     completion_tokens: int
     usd_picousd: int
     done: bool = False
+
+
+def _lane_headers(plan: GroupPlan, left: list[int], now: float) -> list[tuple[bytes, bytes]]:
+    """_ratelimit_headers for a hold on the plan's lane: `left` per counter, in order."""
+    out: list[tuple[bytes, bytes]] = []
+    ends = plan.lane.ends
+    for (limit_name, remaining_name, reset_name), indexes in plan.header_windows:
+        tight = indexes[0]
+        for i in indexes[1:]:
+            if left[i] < left[tight]:
+                tight = i
+        out += ((limit_name, plan.limit_values[tight]), (remaining_name, b"%d" % left[tight]),
+                (reset_name, b"%.3fs" % (ends[tight] - now)))
+    return out
 
 
 def _ratelimit_headers(decision: Decision, group: tuple[Bucket, ...], plan: GroupPlan) -> list[tuple[bytes, bytes]]:
@@ -134,26 +149,32 @@ class Limits:
         tokens = prompt + completion
         usd = self._price_bound(plan.prices, prompt, completion)
         local = self._local
-        hold = Hold("" if local is not None else random_hex(12), [], prompt, completion, usd)
+        hold = Hold("" if local is not None else random_hex(12), [], [], prompt, completion, usd)
+        if local is not None:
+            now = time.time()
+            for group_plan in plan.groups:
+                left: list[int] = []
+                held = local.hold_lane(group_plan.lane, group_plan.spent(tokens, usd), self._ttl_s, now, left)
+                if isinstance(held, Decision):
+                    await self.release(hold)
+                    raise self._refusal(held, group_plan.buckets(tokens, usd), group_plan)
+                hold.held.append((group_plan, held))
+                call.extra_headers += _lane_headers(group_plan, left, now)
+            return hold
         for group_plan in plan.groups:
             group = group_plan.buckets(tokens, usd)
-            held: Held | None = None
-            if local is not None:
-                decision, held = local.hold(group, self._ttl_s)
-            else:
-                try:
-                    decision = await self.store.reserve(hold.reservation_id, group, self._ttl_s)
-                except StateUnavailable as e:
-                    if self._unchecked_allowed(group, e):
-                        continue
-                    await self.release(hold)
-                    raise StateDown(
-                        "Budgets cannot be checked right now (the state store is unreachable); retry shortly.",
-                        headers=retry_after_headers(1.0)) from None
+            try:
+                decision = await self.store.reserve(hold.reservation_id, group, self._ttl_s)
+            except StateUnavailable as e:
+                if self._unchecked_allowed(group, e):
+                    continue
+                await self.release(hold)
+                raise StateDown("Budgets cannot be checked right now (the state store is unreachable); retry shortly.",
+                                headers=retry_after_headers(1.0)) from None
             if not decision.ok:
                 await self.release(hold)
                 raise self._refusal(decision, group, group_plan)
-            hold.groups.append((group_plan, group, held))
+            hold.groups.append((group_plan, group))
             call.extra_headers += _ratelimit_headers(decision, group, group_plan)
         return hold if hold.groups else None
 
@@ -188,9 +209,8 @@ class Limits:
         hold.done = True
         if self._local is not None:
             tokens, usd = self._actual(hold, usage, provider, model)
-            for group_plan, _, held in hold.groups:
-                if held is not None:
-                    self._local.settle_held(held, group_plan.spent(tokens, usd))
+            for group_plan, held in hold.held:
+                self._local.settle_held(held, group_plan.spent(tokens, usd))
         elif self._shield:
             await asyncio.shield(self._settle(hold, usage, provider, model))
         else:
@@ -205,7 +225,7 @@ class Limits:
 
     async def _settle(self, hold: Hold, usage: Usage | None, provider: str | None, model: str | None) -> None:
         actual_tokens, actual_usd = self._actual(hold, usage, provider, model)
-        for group_plan, group, _ in hold.groups:
+        for group_plan, group in hold.groups:
             try:
                 await self.store.settle(hold.reservation_id, group, group_plan.actual(actual_tokens, actual_usd))
             except StateUnavailable:
@@ -217,16 +237,15 @@ class Limits:
             return
         hold.done = True
         if self._local is not None:
-            for group_plan, _, held in hold.groups:
-                if held is not None:
-                    self._local.settle_held(held, group_plan.nothing)
+            for group_plan, held in hold.held:
+                self._local.settle_held(held, group_plan.nothing)
         elif self._shield:
             await asyncio.shield(self._release(hold))
         else:
             await self._release(hold)
 
     async def _release(self, hold: Hold) -> None:
-        for _, group, _ in hold.groups:
+        for _, group in hold.groups:
             try:
                 await self.store.release(hold.reservation_id, group)
             except StateUnavailable:

@@ -7,10 +7,12 @@ the units used (settled + held); what a reservation holds, and until when, lives
 alone. Settling or expiring a hold subtracts it through the record, once, so counters carry no
 per-request entries.
 
-A caller in this process that keeps its hold itself (the limits stage) may use `hold` and
-`settle_held` instead of reservation ids: the record is handed to it, so nothing is looked up,
-and no idempotency marker is kept (the caller settles its hold object once). Same counters, same
-arithmetic, same expiry.
+A caller in this process that reserves the same group of buckets again and again and keeps its
+holds itself (the limits stage) uses a `Lane` (`hold_lane`, `settle_held`) instead of reservation
+ids: the lane keeps each bucket's span and counters for the current period, so a reservation makes
+no Bucket, works out no period and looks nothing up until a period ends or a counter is made or
+dropped; the record is handed to the caller, so it needs no id and no idempotency marker (the
+caller settles its hold once). Same counters, same arithmetic, same expiry.
 
 Memory stays bounded and nothing is swept per request. Counters carry the absolute time they may
 be dropped (their period's end, on a heap); records, one per request, wait in queues in the order
@@ -29,6 +31,7 @@ import math
 import time
 from collections import OrderedDict, deque
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 from gateway.store.state.base import (
     Bucket,
@@ -97,8 +100,8 @@ Held = _Record  # what `hold` hands its caller
 
 
 class MemoryStateStore:
-    __slots__ = ("_counters", "_done", "_due", "_gc", "_grace", "_holding", "_records", "_seq", "_unordered",
-                 "done_ttl_s", "settle_grace_s")
+    __slots__ = ("_counters", "_done", "_due", "_gc", "_grace", "_holding", "_layout", "_records", "_seq",
+                 "_unordered", "done_ttl_s", "settle_grace_s")
     in_process = True
 
     def __init__(
@@ -107,6 +110,7 @@ class MemoryStateStore:
         self.settle_grace_s = settle_grace_s
         self.done_ttl_s = done_ttl_s
         self._counters: dict[_CounterId, _Counter] = {}
+        self._layout = 0  # changes whenever a counter is made or dropped: lanes then read theirs again
         self._records: dict[_RecordId, _Record] = {}
         # Counters by expiry: (expires at, sequence, ident).
         self._gc: list[tuple[float, int, _CounterId]] = []
@@ -155,6 +159,7 @@ class MemoryStateStore:
             c = self._counters.get(counter_id)  # the entry may be stale: the counter was replaced
             if c is not None and c.expires_at <= now:
                 del self._counters[counter_id]
+                self._layout += 1
         if len(gc) > 2 * len(self._counters) + 1024:
             self._sweep(now)
         dead_due = min(self._done[0][0] if self._done else math.inf,
@@ -181,6 +186,7 @@ class MemoryStateStore:
     def _sweep(self, now: float) -> None:
         """Drop expired counters and rebuild their heap from what lives: O(n), after >= n pushes."""
         self._counters = {k: c for k, c in self._counters.items() if c.expires_at > now}
+        self._layout += 1
         self._seq = 0
         entries: list[tuple[float, int, _CounterId]] = []
         for ck, c in self._counters.items():
@@ -200,6 +206,7 @@ class MemoryStateStore:
     def _new_counter(self, ident: _CounterId, expires_at: float, now: float) -> _Counter:
         c = _Counter(max(expires_at, now + MIN_KEY_TTL_S))
         self._counters[ident] = c
+        self._layout += 1
         self._seq += 1
         heapq.heappush(self._gc, (c.expires_at, self._seq, ident))
         self._due_by(c.expires_at)
@@ -416,6 +423,7 @@ class MemoryStateStore:
 
     async def aclose(self) -> None:
         self._counters.clear()
+        self._layout += 1
         self._records.clear()
         self._gc.clear()
         self._holding.clear()
@@ -425,40 +433,114 @@ class MemoryStateStore:
 
     # -- holds kept by their caller: the same counters, without reservation ids ----------------
 
-    def hold(self, buckets: CheckedBuckets, ttl_s: float, now: float | None = None) -> tuple[Decision, Held | None]:
-        """`reserve` for a caller in this process that keeps the hold itself and settles it once
-        (`settle_held`): the record is handed over, so it needs no id, no lookup and no idempotency
-        marker. An unsettled hold expires after ttl_s like any other. Synchronous: nothing here waits."""
-        if ttl_s <= 0 or not math.isfinite(ttl_s):
-            raise ValueError(f"ttl_s must be a finite number > 0, got {ttl_s!r}")
-        if now is None:
-            now = time.time()
+    def hold_lane(self, lane: Lane, amounts: Sequence[int], ttl_s: float, now: float,
+                  left: list[int]) -> Held | Decision:
+        """Hold `amounts` (one per lane bucket, each within its bound) on the lane's buckets if all fit,
+        as `reserve` would: the hold, for `settle_held` (and what each bucket has left after it, put in
+        `left`); else the refusal's Decision, with nothing held. An unsettled hold expires after ttl_s.
+        Synchronous: nothing here waits."""
         if now >= self._due:
             self._collect(now)
-        if not buckets:
-            return Decision(True, None, None, {}, {}), None
-        return self._take(buckets[0].hash_tag, None, buckets, ttl_s, now)
+        if lane.owner is not self or lane.layout != self._layout or not lane.since <= now < lane.until:
+            lane.read(self, now)
+        # One pass to check (periods.fits and periods.remaining, inlined), one to count.
+        for b, ref, amount in zip(lane.buckets, lane.refs, amounts, strict=True):
+            c = ref[1]
+            cur = c.used + amount if c is not None else amount
+            if b.kind == "window":
+                p = ref[2]
+                if p is not None:  # weighted by periods.window_weight_ms, inlined
+                    rem_ms = WINDOW_MS - min(WINDOW_MS - 1, max(0, int((now - ref[0].begin) * 1000)))
+                    free = (b.limit * WINDOW_MS - p.used * rem_ms - cur * WINDOW_MS) // WINDOW_MS
+                else:
+                    free = b.limit - cur
+            else:
+                free = b.limit - cur
+            if free < 0:
+                del left[:]
+                return self._refuse(lane.tag, [b._replace(amount=a) for b, a in zip(lane.buckets, amounts,
+                                                                                    strict=True)], now)
+            left.append(free)
+        tag = lane.tag
+        hold_exp = now + ttl_s
+        rec = _Record(tag, None, hold_exp + self.settle_grace_s, hold_exp)
+        fields = rec.fields
+        for b, ref, amount in zip(lane.buckets, lane.refs, amounts, strict=True):
+            span, c = ref[0], ref[1]
+            if amount > 0:
+                if c is None:
+                    c = ref[1] = self._new_counter((tag, b.key, span.stamp), span.expires_at, now)
+                c.used += amount
+            fields[b.key] = (span.stamp, amount, c, b)
+        rec.open = len(fields)
+        holding = self._holding
+        if holding and hold_exp < next(reversed(holding.values())):
+            self._unordered = True
+        holding[rec] = hold_exp
+        self._due_by(hold_exp)
+        return rec
 
     def settle_held(self, held: Held, spent: Sequence[int], now: float | None = None) -> None:
         """The hold's buckets, in the order they were held, settle at `spent` (units, each within its
-        bucket's bound); [0, ...] releases it. A second call does nothing."""
+        bucket's bound); [0, ...] releases it. A second call does nothing. The same rules as `settle`
+        for the same reservation by id: a hold past its ttl has given its amounts back and its usage
+        counts where it was held; past the settle grace too, it counts now."""
         if held.done:
             return
         if now is None:
             now = time.time()
-        holding = held.holding
         tag = held.tag
-        for entry, units in zip(held.fields.values(), spent, strict=True):
-            if entry is not None:
-                self._spend(tag, entry, units, holding, now)
-        if holding:
-            held.holding = False
-            del self._holding[held]
+        if held.holding and held.hold_expires_at <= now:
+            self._expire_hold(held, now)  # as the collection before `settle` would have
+        if held.expires_at <= now:
+            for entry, units in zip(held.fields.values(), spent, strict=True):
+                if entry is not None:
+                    self._count_now(tag, entry[3], units, now)
+        else:
+            holding = held.holding
+            for entry, units in zip(held.fields.values(), spent, strict=True):
+                if entry is not None:
+                    self._spend(tag, entry, units, holding, now)
+            if holding:
+                held.holding = False
+                del self._holding[held]
         held.done = True
         held.fields = {}
 
 
 _MISSING = ("", -1, None, Bucket("", "", 0, "period", "day", 0, ""))
+
+
+class Lane:
+    """A group of buckets that is reserved together again and again (a limits plan's group), and
+    what the store it is used with last read for them: per bucket the current period's span, its
+    counter and, for a window, the previous minute's counter. The store reads them again when a
+    period ends or any counter is made or dropped."""
+
+    __slots__ = ("buckets", "ends", "layout", "owner", "refs", "since", "tag", "until")
+
+    def __init__(self, buckets: CheckedBuckets) -> None:
+        if not buckets:
+            raise ValueError("a lane needs buckets")
+        self.buckets = buckets  # what each counter is (the amounts are the reservation's)
+        self.tag = buckets[0].hash_tag
+        self.owner: MemoryStateStore | None = None
+        self.layout = -1
+        self.since, self.until = math.inf, -math.inf  # while all its spans are current
+        self.refs: list[list[Any]] = []  # per bucket: [span, counter or None, previous counter or None]
+        self.ends: list[float] = []  # per bucket: when its period (minute, day, month) ends
+
+    def read(self, store: MemoryStateStore, now: float) -> None:
+        refs, ends, begins = [], [], []
+        for b in self.buckets:
+            span = span_at(b.period, now)
+            begins.append(span.begin)
+            refs.append([span, store._counter((self.tag, b.key, span.stamp), now),
+                         store._counter((self.tag, b.key, span.prev_stamp), now) if b.kind == "window" else None])
+            ends.append(span.end)
+        self.refs, self.ends = refs, ends
+        self.since, self.until = max(begins), min(ends)
+        self.owner, self.layout = store, store._layout
 
 
 def _already_held(rec: _Record, buckets: Sequence[Bucket], rid: str, now: float) -> bool:
