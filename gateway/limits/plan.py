@@ -8,7 +8,9 @@ config (keys and features without limits of their own share their tenant's plan)
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from operator import itemgetter
 from typing import Literal
 
 from gateway.limits.pricing import usd_to_picousd
@@ -17,6 +19,7 @@ from gateway.store.state.base import MAX_PERIOD_UNITS, MAX_WINDOW_UNITS, Bucket,
 from gateway.store.state.memory import Lane
 
 _new_tuple = tuple.__new__
+_UNIT_INDEX = {"tokens": 0, "usd": 1, "requests": 2}
 
 Unit = Literal["tokens", "usd", "requests"]
 Kind = Literal["period", "window"]
@@ -62,6 +65,9 @@ class GroupPlan:
     header_windows: tuple[tuple[tuple[bytes, bytes, bytes], tuple[int, ...]], ...]
     limit_values: tuple[bytes, ...]  # each counter's limit, as its x-ratelimit-limit-* header says it
     lane: Lane  # the memory store's view of these counters (unused with another store)
+    # (tokens, usd, 1) -> each counter's units, in one C call; and all zeros (a release).
+    pick: Callable[[tuple[int, int, int]], tuple[int, ...]]
+    nothing: tuple[int, ...]
 
     @classmethod
     def of(cls, specs: list[CounterSpec]) -> GroupPlan:
@@ -69,9 +75,11 @@ class GroupPlan:
         check_buckets(empty)  # once, so the store need not on every request
         windows = tuple((names, idx) for suffix, names in _RATE_HEADERS
                         if (idx := tuple(i for i, s in enumerate(specs) if s.name.endswith(suffix))))
+        index = tuple(_UNIT_INDEX[s.unit] for s in specs)
+        pick = itemgetter(*index) if len(index) > 1 else lambda units: (units[index[0]],)
         return cls(tuple(specs), tuple(s.name for s in specs), tuple(s.unit for s in specs),
                    tuple(s.bound for s in specs), windows, tuple(b"%d" % s.limit for s in specs),
-                   Lane(CheckedBuckets(empty)))
+                   Lane(CheckedBuckets(empty)), pick, (0,) * len(specs))
 
     def buckets(self, tokens: int, usd: int) -> CheckedBuckets:
         # CounterSpec.bucket inlined, and each Bucket made without NamedTuple's Python-level __new__:
@@ -86,14 +94,13 @@ class GroupPlan:
         return {name: tokens if unit == "tokens" else usd if unit == "usd" else 1
                 for name, unit in zip(self.names, self.units, strict=True)}
 
-    def spent(self, tokens: int, usd: int) -> list[int]:
-        """What each counter is settled at, in order, clamped like `buckets` (a provider may report anything)."""
-        return [b if (a := tokens if unit == "tokens" else usd if unit == "usd" else 1) > b else a if a > 0 else 0
-                for unit, b in zip(self.units, self.bounds, strict=True)]
-
-    @property
-    def nothing(self) -> list[int]:
-        return [0] * len(self.specs)
+    def spent(self, tokens: int, usd: int) -> tuple[int, ...]:
+        """What each counter holds or is settled at, in order, clamped like `buckets` (a provider may
+        report anything)."""
+        if 0 <= tokens <= MAX_WINDOW_UNITS and 0 <= usd <= MAX_WINDOW_UNITS:  # within every bound
+            return self.pick((tokens, usd, 1))
+        return tuple(b if (a := tokens if unit == "tokens" else usd if unit == "usd" else 1) > b else a if a > 0 else 0
+                     for unit, b in zip(self.units, self.bounds, strict=True))
 
 
 @dataclass(frozen=True, slots=True)

@@ -444,18 +444,15 @@ class MemoryStateStore:
         if lane.owner is not self or lane.layout != self._layout or not lane.since <= now < lane.until:
             lane.read(self, now)
         # One pass to check (periods.fits and periods.remaining, inlined), one to count.
-        for b, ref, amount in zip(lane.buckets, lane.refs, amounts, strict=True):
+        for (window, limit), ref, amount in zip(lane.checks, lane.refs, amounts, strict=True):
             c = ref[1]
             cur = c.used + amount if c is not None else amount
-            if b.kind == "window":
-                p = ref[2]
-                if p is not None:  # weighted by periods.window_weight_ms, inlined
-                    rem_ms = WINDOW_MS - min(WINDOW_MS - 1, max(0, int((now - ref[0].begin) * 1000)))
-                    free = (b.limit * WINDOW_MS - p.used * rem_ms - cur * WINDOW_MS) // WINDOW_MS
-                else:
-                    free = b.limit - cur
+            p = ref[2]
+            if window and p is not None:  # weighted by periods.window_weight_ms, inlined
+                rem_ms = WINDOW_MS - min(WINDOW_MS - 1, max(0, int((now - ref[0].begin) * 1000)))
+                free = (limit * WINDOW_MS - p.used * rem_ms - cur * WINDOW_MS) // WINDOW_MS
             else:
-                free = b.limit - cur
+                free = limit - cur
             if free < 0:
                 del left[:]
                 return self._refuse(lane.tag, [b._replace(amount=a) for b, a in zip(lane.buckets, amounts,
@@ -499,7 +496,12 @@ class MemoryStateStore:
         else:
             holding = held.holding
             for entry, units in zip(held.fields.values(), spent, strict=True):
-                if entry is not None:
+                if entry is None:
+                    continue
+                c = entry[2]
+                if holding and c is not None and c.expires_at > now:
+                    c.used += units - entry[1]  # _spend's common case, inlined
+                else:
                     self._spend(tag, entry, units, holding, now)
             if holding:
                 held.holding = False
@@ -517,12 +519,13 @@ class Lane:
     counter and, for a window, the previous minute's counter. The store reads them again when a
     period ends or any counter is made or dropped."""
 
-    __slots__ = ("buckets", "ends", "layout", "owner", "refs", "since", "tag", "until")
+    __slots__ = ("buckets", "checks", "ends", "layout", "owner", "refs", "since", "tag", "until")
 
     def __init__(self, buckets: CheckedBuckets) -> None:
         if not buckets:
             raise ValueError("a lane needs buckets")
         self.buckets = buckets  # what each counter is (the amounts are the reservation's)
+        self.checks = [(b.kind == "window", b.limit) for b in buckets]  # what a reservation checks
         self.tag = buckets[0].hash_tag
         self.owner: MemoryStateStore | None = None
         self.layout = -1
