@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping
+from functools import lru_cache
 from typing import Any
 
 import orjson
@@ -37,6 +38,13 @@ def encodings_needed(targets: Iterable[tuple[str, str]]) -> set[str]:
     return {encoding_for_target(kind, model) for kind, model in targets}
 
 
+@lru_cache(maxsize=256)  # targets come from the config
+def _estimator(kind: str, model: str) -> tuple[str, str, bool]:
+    """(encoding, model counted as, exact) for a target."""
+    exact = kind in _EXACT_KINDS
+    return encoding_for_target(kind, model), model if exact else "gpt-4", exact
+
+
 def estimate_prompt(body: Mapping[str, Any], targets: Iterable[tuple[str, str]], margin: float) -> int:
     """The largest prompt estimate over the targets (kind, model) the request may reach."""
     messages = body.get("messages") or ()
@@ -44,12 +52,14 @@ def estimate_prompt(body: Mapping[str, Any], targets: Iterable[tuple[str, str]],
     counted: dict[str, int] = {}
     best = 0
     for kind, model in targets:
-        family = encoding_for_target(kind, model)
-        if family not in counted:
-            ref_model = model if kind in _EXACT_KINDS else "gpt-4"
-            counted[family] = count_messages(messages, ref_model) + _tools_tokens(tools, ref_model)
-        tokens = counted[family] if kind in _EXACT_KINDS else math.ceil(counted[family] * (1 + margin))
-        best = max(best, tokens)
+        family, ref_model, exact = _estimator(kind, model)
+        n = counted.get(family)
+        if n is None:
+            n = counted[family] = count_messages(messages, ref_model) + (
+                _tools_tokens(tools, ref_model) if tools else 0)
+        tokens = n if exact else math.ceil(n * (1 + margin))
+        if tokens > best:
+            best = tokens
     return best
 
 

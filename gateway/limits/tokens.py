@@ -107,6 +107,7 @@ def encoding_for_model(model: str) -> tiktoken.Encoding:
 _CACHE_ENTRIES = 512
 _CACHE_MAX_CHARS = 16_384
 _REPEATING_ROLES = frozenset({"system", "developer"})
+_CHAT_ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
 
 
 @lru_cache(maxsize=_CACHE_ENTRIES)
@@ -126,9 +127,15 @@ def count_text(text: str, model: str = "gpt-4o", *, repeats: bool = False) -> in
     return _count(encoding_for_model(model), text, repeats)
 
 
+@lru_cache(maxsize=256)  # model names come from the config
+def _encoding_and_roles(model: str) -> tuple[tiktoken.Encoding, dict[str, int]]:
+    """The model's encoding, and the token counts of the chat roles in it (filled as they are met)."""
+    return encoding_for_model(model), {}
+
+
 def count_messages(messages: Iterable[Mapping[str, Any]], model: str = "gpt-4o") -> int:
     """Prompt tokens of a chat request by OpenAI's accounting: 3 per message, 1 per name, 3 to prime."""
-    enc = encoding_for_model(model)
+    enc, roles = _encoding_and_roles(model)
     total = 3
     for msg in messages:
         total += 3
@@ -142,7 +149,12 @@ def count_messages(messages: Iterable[Mapping[str, Any]], model: str = "gpt-4o")
                 if isinstance(part, Mapping) and isinstance(part.get("text"), str):
                     total += _count(enc, part["text"], repeats)
         if isinstance(role, str):
-            total += _count(enc, role, True)
+            n = roles.get(role)
+            if n is None:
+                n = _count(enc, role, True)
+                if role in _CHAT_ROLES:  # a client's made-up roles are counted, not kept
+                    roles[role] = n
+            total += n
         name = msg.get("name")
         if isinstance(name, str):
             total += 1 + _count(enc, name, True)

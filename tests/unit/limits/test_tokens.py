@@ -48,16 +48,28 @@ def test_repeating_texts_are_counted_once_and_count_the_same() -> None:
     exact = 3 + sum(3 + len(enc.encode_ordinary(m["content"])) + len(enc.encode_ordinary(m["role"]))
                     for m in messages)
     tokens._cached_count.cache_clear()
+    tokens._encoding_and_roles.cache_clear()
     assert tokens.count_messages(messages, "gpt-4o") == exact
     assert tokens.count_messages(messages, "gpt-4o") == exact
     info = tokens._cached_count.cache_info()
-    # Cached: the system text and both roles (3 misses, then 3 hits); the user turn is never looked up.
-    assert info.hits == 3 and info.misses == 3
+    # Cached: the system text (a miss, then a hit) and both roles (a miss each, then the encoding's
+    # memo of role counts); the user turn is never looked up.
+    assert info.hits == 1 and info.misses == 3
+    assert tokens._encoding_and_roles("gpt-4o")[1] == {"system": 1, "user": 1}
 
 
 def test_a_text_past_the_cache_limit_is_counted_every_time() -> None:
     tokens._cached_count.cache_clear()
+    tokens._encoding_and_roles.cache_clear()
     long_system = "x " * tokens._CACHE_MAX_CHARS
     tokens.count_messages([{"role": "system", "content": long_system}], "gpt-4o")
     assert tokens._cached_count.cache_info().currsize == 1  # only the role
 
+
+
+def test_made_up_roles_are_counted_but_not_kept() -> None:
+    tokens._encoding_and_roles.cache_clear()
+    enc = tokens.get_encoding("o200k_base")
+    n = tokens.count_messages([{"role": "wizard-of-oz", "content": "hi"}], "gpt-4o")
+    assert n == 3 + 3 + len(enc.encode_ordinary("hi")) + len(enc.encode_ordinary("wizard-of-oz"))
+    assert tokens._encoding_and_roles("gpt-4o")[1] == {}
