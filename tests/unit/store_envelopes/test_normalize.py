@@ -136,6 +136,10 @@ def _gateway_envelope(**changes: object) -> dict[str, object]:
     {},  # what every request leaves: the one-pass path
     {"ttft_ms": 3.5, "stream": True, "feature": "search", "error_type": "UpstreamTimeout", "status": 504},
     {"model_served": "a\x00b"},  # the rest take the full path, and must end the same
+    {"request_body": '{"text": "\\u0000 is a NUL, written out"}'},  # reads like a NUL in the row's JSON
+    {"attempts": [{"provider": "p", "error": "bad\x00byte"}]},
+    {"status": None, "cost_picousd": None},  # an int column's None is its default, 0
+    {"prompt_tokens": True},
     {"prompt_tokens": 2**31 - 1, "cost_picousd": 2**63 - 1},
     {"prompt_tokens": "12", "stream": 1, "latency_ms": "2.5", "created_at": 1_764_460_800},
     {"attempts": '[{"provider": "p"}]', "safety_flags": {"pii": {"email"}}},
