@@ -298,13 +298,18 @@ class MemoryStateStore:
                     c = self._new_counter((tag, b.key, span.stamp), span.expires_at, now)
                 c.used += b.amount
             fields[b.key] = (span.stamp, b.amount, c, b)
-        rec.open = len(fields)
+        self._start_hold(rec)
+        return Decision(True, None, None, left, reset), rec
+
+    def _start_hold(self, rec: _Record) -> None:
+        """The record's amounts are in the counters: it holds until settled, or until its hold expires."""
+        rec.open = len(rec.fields)
+        hold_exp = rec.hold_expires_at
         holding = self._holding
         if holding and hold_exp < next(reversed(holding.values())):
             self._unordered = True
         holding[rec] = hold_exp
         self._due_by(hold_exp)
-        return Decision(True, None, None, left, reset), rec
 
     def _counts(self, tag: str, buckets: Sequence[Bucket], slots: Sequence[Slot], now: float) -> list[tuple[int, int]]:
         return [(self._used((tag, b.key, s.stamp), now),
@@ -469,12 +474,7 @@ class MemoryStateStore:
                     c = ref[1] = self._new_counter((tag, b.key, span.stamp), span.expires_at, now)
                 c.used += amount
             fields[b.key] = (span.stamp, amount, c, b)
-        rec.open = len(fields)
-        holding = self._holding
-        if holding and hold_exp < next(reversed(holding.values())):
-            self._unordered = True
-        holding[rec] = hold_exp
-        self._due_by(hold_exp)
+        self._start_hold(rec)
         return rec
 
     def settle_held(self, held: Held, spent: Sequence[int], now: float | None = None) -> None:
