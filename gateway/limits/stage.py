@@ -91,10 +91,9 @@ class Limits:
         self.metrics = metrics
         self.policy = settings.limits.on_state_error
         self.plans = PlanCache(settings)
-        # Nothing an in-process store does suspends, so a cancellation cannot cut a settlement short
-        # there and it needs no shield (a task per request); a networked store's does.
-        self._shield = not store.in_process
-        # The memory store is called directly: its holds need no ids, its calls no coroutines.
+        # The memory store is called directly: its holds need no ids, its calls no coroutines, and
+        # nothing it does suspends, so no cancellation can cut a settlement short (a networked store's
+        # calls are shielded).
         self._local = store if isinstance(store, MemoryStateStore) else None
         # Read once: pydantic attribute access costs on every request.
         self._ttl_s = settings.limits.reservation_ttl_s
@@ -211,10 +210,8 @@ class Limits:
             tokens, usd = self._actual(hold, usage, provider, model)
             for group_plan, held in hold.held:
                 self._local.settle_held(held, group_plan.spent(tokens, usd))
-        elif self._shield:
-            await asyncio.shield(self._settle(hold, usage, provider, model))
         else:
-            await self._settle(hold, usage, provider, model)
+            await asyncio.shield(self._settle(hold, usage, provider, model))
 
     def _actual(self, hold: Hold, usage: Usage | None, provider: str | None, model: str | None) -> tuple[int, int]:
         """(tokens, pico-dollars) the call really spent; what was reserved when that is not known."""
@@ -239,10 +236,8 @@ class Limits:
         if self._local is not None:
             for group_plan, held in hold.held:
                 self._local.settle_held(held, group_plan.nothing)
-        elif self._shield:
-            await asyncio.shield(self._release(hold))
         else:
-            await self._release(hold)
+            await asyncio.shield(self._release(hold))
 
     async def _release(self, hold: Hold) -> None:
         for _, group in hold.groups:

@@ -121,9 +121,6 @@ class EnvelopeWriter:
                 self._overflow(envelope)
                 return
             self._enqueue(envelope)
-            n = len(self._buf)
-            if n == 1 or n >= self._batch_size:
-                self._wake.set()
         except Exception:
             log.exception("envelope submit failed")
 
@@ -131,14 +128,11 @@ class EnvelopeWriter:
         """`submit(dict(zip(ENVELOPE_FIELDS, fields)))`, for the envelope of every request: its row is
         made straight from the values; the dict only when it cannot be (overflow, a value to convert)."""
         try:
-            if fields[0] and not self._closed and len(self._buf) < self._queue_size:
+            # (An envelope without its id is not plain either: submit assigns one.)
+            if not self._closed and len(self._buf) < self._queue_size:
                 row = values_row_json(fields, self._backend)
                 if row is not None:
-                    self._submitted += 1
-                    self._buf.append(row)
-                    n = len(self._buf)
-                    if n == 1 or n >= self._batch_size:
-                        self._wake.set()
+                    self._queue_row(row)
                     return
             self.submit(dict(zip(ENVELOPE_FIELDS, fields, strict=True)))
         except Exception:
@@ -146,11 +140,20 @@ class EnvelopeWriter:
 
     def _enqueue(self, envelope: dict[str, Any]) -> None:
         """Queue the envelope as its row; one that cannot become a row waits for the .rejected file."""
-        self._submitted += 1
         try:
-            self._buf.append(envelope_row_json(envelope, self._backend))
+            row = envelope_row_json(envelope, self._backend)
         except Exception as e:
+            self._submitted += 1
             self._bad.append({"reason": str(e), "envelope": envelope})
+            self._wake.set()
+            return
+        self._queue_row(row)
+
+    def _queue_row(self, row: str) -> None:
+        self._submitted += 1
+        self._buf.append(row)
+        n = len(self._buf)
+        if n == 1 or n >= self._batch_size:
             self._wake.set()
 
     def _overflow(self, envelope: dict[str, Any]) -> None:

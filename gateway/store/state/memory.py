@@ -86,7 +86,7 @@ class _Record:
 
     def __init__(self, tag: str, ident: _RecordId | None, expires_at: float, hold_expires_at: float) -> None:
         self.tag = tag
-        self.ident = ident  # None: a hold its caller keeps (`hold`), never looked up by id
+        self.ident = ident  # None: a lane's hold, kept by its caller (`hold_lane`), never looked up by id
         self.expires_at = expires_at
         self.hold_expires_at = hold_expires_at
         self.holding = True  # its amounts still count in the counters (not settled, not expired)
@@ -96,7 +96,7 @@ class _Record:
         self.open = 0  # fields not settled yet
 
 
-Held = _Record  # what `hold` hands its caller
+Held = _Record  # what `hold_lane` hands its caller
 
 
 class MemoryStateStore:
@@ -449,11 +449,11 @@ class MemoryStateStore:
         if lane.owner is not self or lane.layout != self._layout or not lane.since <= now < lane.until:
             lane.read(self, now)
         # One pass to check (periods.fits and periods.remaining, inlined), one to count.
-        for (window, limit), ref, amount in zip(lane.checks, lane.refs, amounts, strict=True):
+        for limit, ref, amount in zip(lane.limits, lane.refs, amounts, strict=True):
             c = ref[1]
             cur = c.used + amount if c is not None else amount
-            p = ref[2]
-            if window and p is not None:  # weighted by periods.window_weight_ms, inlined
+            p = ref[2]  # only a window has one
+            if p is not None:  # weighted by periods.window_weight_ms, inlined
                 rem_ms = WINDOW_MS - min(WINDOW_MS - 1, max(0, int((now - ref[0].begin) * 1000)))
                 free = (limit * WINDOW_MS - p.used * rem_ms - cur * WINDOW_MS) // WINDOW_MS
             else:
@@ -519,13 +519,13 @@ class Lane:
     counter and, for a window, the previous minute's counter. The store reads them again when a
     period ends or any counter is made or dropped."""
 
-    __slots__ = ("buckets", "checks", "ends", "layout", "owner", "refs", "since", "tag", "until")
+    __slots__ = ("buckets", "ends", "layout", "limits", "owner", "refs", "since", "tag", "until")
 
     def __init__(self, buckets: CheckedBuckets) -> None:
         if not buckets:
             raise ValueError("a lane needs buckets")
         self.buckets = buckets  # what each counter is (the amounts are the reservation's)
-        self.checks = [(b.kind == "window", b.limit) for b in buckets]  # what a reservation checks
+        self.limits = [b.limit for b in buckets]
         self.tag = buckets[0].hash_tag
         self.owner: MemoryStateStore | None = None
         self.layout = -1
