@@ -434,7 +434,8 @@ def _load_pricing(base_dir: Path, cfg: FileConfig) -> Pricing:
         provider = key.partition("/")[0]
         if provider not in cfg.providers:
             raise ConfigError(pfile, f"prices.{key}", f"unknown provider '{provider}' (keys are provider/model)")
-    return pricing
+    # The cache-write prices' defaults follow the provider's kind.
+    return pricing.for_providers({name: p.kind for name, p in cfg.providers.items()})
 
 
 def _check_name(file: Path, key: str, name: str) -> None:

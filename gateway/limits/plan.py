@@ -164,7 +164,9 @@ def build_plan(settings: Settings, tenant: str | None, key_id: str | None, featu
     )) if tenant_settings is not None else []
     groups = tuple(GroupPlan.of(g) for g in (tenant_specs, route_specs) if g)
     pico = [settings.pricing.pico_for(t.provider, t.model) for t in route.targets]
-    prices = tuple((p[0], p[2]) if p is not None else (0, 0) for p in pico)
+    # A prompt token may be billed as input, cached input or a cache write (Anthropic's cost more
+    # than input): the bound prices every prompt token at the dearest of them for that target.
+    prices = tuple((max(p[0], p[1], p[3], p[4]), p[2]) if p is not None else (0, 0) for p in pico)
     return LimitsPlan(targets=targets, prices=prices, groups=groups,
                       bounded=any(s.unit != "requests" for g in groups for s in g.specs))
 

@@ -217,8 +217,7 @@ class Limits:
         """(tokens, pico-dollars) the call really spent; what was reserved when that is not known."""
         if usage is None or not usage.reported or provider is None or model is None:
             return hold.prompt_tokens + hold.completion_tokens, hold.usd_picousd
-        return usage.prompt_tokens + usage.completion_tokens, self._pricing.cost_picousd(
-            provider, model, usage.prompt_tokens, usage.completion_tokens, usage.cached_tokens)
+        return usage.prompt_tokens + usage.completion_tokens, self._pricing.usage_picousd(provider, model, usage)
 
     async def _settle(self, hold: Hold, usage: Usage | None, provider: str | None, model: str | None) -> None:
         actual_tokens, actual_usd = self._actual(hold, usage, provider, model)

@@ -1,4 +1,11 @@
-"""Deterministic answers in the Anthropic Messages API's shapes (same rules as the OpenAI face)."""
+"""Deterministic answers in the Anthropic Messages API's shapes (same rules as the OpenAI face).
+
+Prompt caching: a request with `cache_control` marks is answered as Anthropic answers the first
+call of a cached prefix: the prompt up to the last marked block is a cache write
+(`cache_creation_input_tokens`, split by lifetime in `cache_creation`: the prefix up to the last
+mark with `ttl: "1h"` is kept for an hour, the rest for 5 minutes), and `input_tokens` is the rest
+of the prompt. The mock keeps no state, so it never reports a cache read.
+"""
 
 from __future__ import annotations
 
@@ -60,7 +67,61 @@ def _flat(body: Mapping[str, Any], messages: list[Any]) -> list[dict[str, Any]]:
     return out
 
 
-def _compute(body: dict[str, Any], model: str, digest: str) -> tuple[Reply, int]:
+def _one_block_text(block: Any) -> str:
+    """The text one content block adds to the prompt, as `_flat` counts it."""
+    if isinstance(block, str):
+        return block
+    if not isinstance(block, Mapping):
+        return ""
+    kind = block.get("type")
+    if kind == "text" and isinstance(block.get("text"), str):
+        return str(block["text"])
+    if kind == "tool_use":
+        return str(block.get("name", "")) + orjson.dumps(block.get("input", {})).decode()
+    if kind == "tool_result":
+        return block_text(block.get("content"))
+    return ""
+
+
+# Cache writes of one request: (5-minute, 1-hour) tokens, or None when nothing is marked.
+Writes = tuple[int, int] | None
+
+
+def _cache_writes(body: Mapping[str, Any], model: str, prompt: int) -> Writes:
+    """The prefix written into the prompt cache, in Anthropic's order (tools, system, messages)."""
+    texts: list[str] = []
+    ends = {"5m": 0, "1h": 0}  # characters of the prefix up to the last mark of each lifetime
+    marked = False
+
+    def visit(text: str, block: Any) -> None:
+        nonlocal marked
+        texts.append(text)
+        mark = block.get("cache_control") if isinstance(block, Mapping) else None
+        if isinstance(mark, Mapping):
+            marked = True
+            end = sum(len(t) for t in texts)
+            ends["5m"] = end  # the last mark of any lifetime ends the whole write
+            if mark.get("ttl") == "1h":
+                ends["1h"] = end
+
+    for tool in as_list(body.get("tools")):
+        visit(orjson.dumps(tool).decode(), tool)
+    system = body.get("system")
+    for block in [system] if isinstance(system, str) else as_list(system):
+        visit(_one_block_text(block), block)
+    for msg in as_list(body.get("messages")):
+        content = msg.get("content") if isinstance(msg, Mapping) else None
+        for block in [content] if isinstance(content, str) else as_list(content):
+            visit(_one_block_text(block), block)
+    if not marked:
+        return None
+    text = "".join(texts)
+    written = min(count_text(text[:ends["5m"]], model), prompt)
+    written_1h = min(count_text(text[:ends["1h"]], model), written)
+    return written - written_1h, written_1h
+
+
+def _compute(body: dict[str, Any], model: str, digest: str) -> tuple[Reply, int, Writes]:
     messages = as_list(body.get("messages"))
     tool_result = _tool_result(messages)
     tools = [t for t in as_list(body.get("tools"))
@@ -79,15 +140,15 @@ def _compute(body: dict[str, Any], model: str, digest: str) -> tuple[Reply, int]
     prompt = count_messages(_flat(body, messages), model)
     if body.get("tools"):
         prompt += count_text(orjson.dumps(body["tools"]).decode(), model)
-    return reply, prompt
+    return reply, prompt, _cache_writes(body, model, prompt)
 
 
 @lru_cache(maxsize=4096)
-def _cached(digest: str, model: str, key: bytes) -> tuple[Reply, int]:
+def _cached(digest: str, model: str, key: bytes) -> tuple[Reply, int, Writes]:
     return _compute(orjson.loads(key), model, digest)
 
 
-def _reply(body: dict[str, Any], model: str) -> tuple[Reply, int]:
+def _reply(body: dict[str, Any], model: str) -> tuple[Reply, int, Writes]:
     digest = digest_of(body, "anthropic:" + model)
     try:
         key = orjson.dumps(body)
@@ -96,9 +157,14 @@ def _reply(body: dict[str, Any], model: str) -> tuple[Reply, int]:
     return _cached(digest, model, key)
 
 
-def _usage(input_tokens: int, output_tokens: int) -> dict[str, int]:
-    return {"input_tokens": input_tokens, "output_tokens": output_tokens,
-            "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0}
+def _usage(prompt: int, output_tokens: int, writes: Writes) -> dict[str, Any]:
+    if writes is None:
+        return {"input_tokens": prompt, "output_tokens": output_tokens,
+                "cache_creation_input_tokens": 0, "cache_read_input_tokens": 0}
+    written_5m, written_1h = writes
+    return {"input_tokens": prompt - written_5m - written_1h, "output_tokens": output_tokens,
+            "cache_creation_input_tokens": written_5m + written_1h, "cache_read_input_tokens": 0,
+            "cache_creation": {"ephemeral_5m_input_tokens": written_5m, "ephemeral_1h_input_tokens": written_1h}}
 
 
 def _model(body: Mapping[str, Any], model: str | None) -> str:
@@ -112,7 +178,7 @@ def _tool_block(reply: Reply, with_input: bool) -> dict[str, Any]:
 
 def anthropic_message(body: dict[str, Any], *, model: str | None = None) -> dict[str, Any]:
     name = _model(body, model)
-    reply, prompt = _reply(body, name)
+    reply, prompt, writes = _reply(body, name)
     content = [_tool_block(reply, True)] if reply.is_tool else [{"type": "text", "text": reply.text}]
     return {
         "id": "msg_" + reply.digest,
@@ -122,16 +188,16 @@ def anthropic_message(body: dict[str, Any], *, model: str | None = None) -> dict
         "content": content,
         "stop_reason": _STOP[reply.finish],
         "stop_sequence": reply.stop_sequence,
-        "usage": _usage(prompt, reply.completion_tokens),
+        "usage": _usage(prompt, reply.completion_tokens, writes),
     }
 
 
 def anthropic_events(body: dict[str, Any], *, model: str | None = None) -> list[tuple[str, dict[str, Any]]]:
     """The stream as (event name, data) pairs, in the order Anthropic sends them."""
     name = _model(body, model)
-    reply, prompt = _reply(body, name)
+    reply, prompt, writes = _reply(body, name)
     start: dict[str, Any] = {"id": "msg_" + reply.digest, "type": "message", "role": "assistant", "model": name,
-             "content": [], "stop_reason": None, "stop_sequence": None, "usage": _usage(prompt, 1)}
+             "content": [], "stop_reason": None, "stop_sequence": None, "usage": _usage(prompt, 1, writes)}
     events: list[tuple[str, dict[str, Any]]] = [("message_start", {"type": "message_start", "message": start})]
     if reply.is_tool:
         block: dict[str, Any] = _tool_block(reply, False)

@@ -55,6 +55,7 @@ class Call:
     target_model: str | None = None  # the route target's model (what pricing is keyed by)
     prompt_estimate: int | None = None
     cost_picousd: int = 0
+    cache_write_picousd: int = 0  # the part of cost_picousd paid for prompt-cache writes
     # Kept only when the body policy (storage.envelope_bodies) says so.
     request_body: str | None = None
     response_body: str | None = None

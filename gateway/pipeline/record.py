@@ -18,8 +18,11 @@ _MODEL_KINDS = frozenset({"chat", "embeddings"})
 def price_call(call: Call, pricing: Pricing) -> None:
     usage = call.usage
     if usage is not None and call.provider is not None and call.target_model is not None:
-        call.cost_picousd = pricing.cost_picousd(call.provider, call.target_model, usage.prompt_tokens,
-                                                 usage.completion_tokens, usage.cached_tokens)
+        rest, writes = pricing.cost_parts(call.provider, call.target_model, usage.prompt_tokens,
+                                          usage.completion_tokens, usage.cached_tokens, usage.cache_write_tokens,
+                                          usage.cache_write_1h_tokens)
+        call.cost_picousd = rest + writes
+        call.cache_write_picousd = writes
 
 
 def envelope_fields(call: Call, attempts: list[dict[str, Any]] | None = None, latency_ms: float | None = None
@@ -47,6 +50,9 @@ def envelope_fields(call: Call, attempts: list[dict[str, Any]] | None = None, la
         usage.completion_tokens if usage else 0,
         usage.cached_tokens if usage else 0,
         call.cost_picousd,
+        usage.cache_write_tokens if usage else 0,
+        usage.cache_write_1h_tokens if usage else 0,
+        call.cache_write_picousd,
         None,  # cache_status
         0,  # cache_saved_tokens
         0,  # cache_saved_picousd

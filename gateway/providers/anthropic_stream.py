@@ -71,14 +71,33 @@ def _count(raw: dict[str, Any], key: str) -> int:
 def update_usage(usage: Usage, raw: dict[str, Any]) -> None:
     """Fold an Anthropic usage object into `usage`.
 
-    Anthropic counts cache reads and writes apart from `input_tokens`; OpenAI's prompt_tokens
-    includes cached tokens, so all three are summed. Counts are cumulative, so a key that is
-    present replaces the previous value and a missing or null key leaves it alone.
+    Anthropic counts cache reads (`cache_read_input_tokens`) and writes (`cache_creation_input_tokens`)
+    apart from `input_tokens`; OpenAI's prompt_tokens includes cached tokens, so all three are
+    summed, and the reads and writes are kept apart for pricing. Writes are split by lifetime in
+    `cache_creation: {ephemeral_5m_input_tokens, ephemeral_1h_input_tokens}`; without that split
+    they are taken as 5-minute writes (Anthropic's default lifetime). When the split adds up to
+    more than the total, the larger is billed. Counts are cumulative (message_start, then
+    message_delta), so a key that is present replaces the previous value and a missing or null
+    key leaves it alone.
     """
-    input_keys = ("input_tokens", "cache_read_input_tokens", "cache_creation_input_tokens")
-    if any(raw.get(k) is not None for k in input_keys):
-        usage.prompt_tokens = sum(_count(raw, k) for k in input_keys)
+    fresh = usage.prompt_tokens - usage.cached_tokens - usage.cache_write_tokens
+    if raw.get("input_tokens") is not None:
+        fresh = _count(raw, "input_tokens")
+    if raw.get("cache_read_input_tokens") is not None:
         usage.cached_tokens = _count(raw, "cache_read_input_tokens")
+    if raw.get("cache_creation_input_tokens") is not None:
+        usage.cache_write_tokens = _count(raw, "cache_creation_input_tokens")
+    split = raw.get("cache_creation")
+    if split is not None:
+        if not isinstance(split, dict):
+            raise UpstreamBadResponse("the provider reported an impossible usage.cache_creation")
+        written_1h = _count(split, "ephemeral_1h_input_tokens")
+        written = _count(split, "ephemeral_5m_input_tokens") + written_1h
+        usage.cache_write_tokens = max(usage.cache_write_tokens, written)
+        usage.cache_write_1h_tokens = written_1h
+    if usage.cache_write_1h_tokens > usage.cache_write_tokens:
+        usage.cache_write_1h_tokens = usage.cache_write_tokens
+    usage.prompt_tokens = fresh + usage.cached_tokens + usage.cache_write_tokens
     if raw.get("output_tokens") is not None:
         usage.completion_tokens = _count(raw, "output_tokens")
     usage.reported = True

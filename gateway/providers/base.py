@@ -19,9 +19,15 @@ from gateway.settings import ProviderSettings
 
 @dataclass(slots=True)
 class Usage:
+    """Tokens of one call as OpenAI counts them: prompt_tokens includes the cached (read from the
+    provider's prompt cache) and the cache-write tokens (written into it, which Anthropic bills
+    above the input price); cache_write_1h_tokens are the part of the writes kept for an hour."""
+
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cached_tokens: int = 0
+    cache_write_tokens: int = 0
+    cache_write_1h_tokens: int = 0
     # False when the provider did not report usage and the numbers are the gateway's estimate.
     reported: bool = False
 

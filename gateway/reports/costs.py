@@ -51,6 +51,11 @@ class CostRow:
     cost_picousd: int
     cache_saved_tokens: int
     cache_saved_picousd: int
+    # Prompt tokens written into the provider's prompt cache (part of prompt_tokens), of which kept
+    # for an hour, and their cost (part of cost_picousd).
+    cache_write_tokens: int = 0
+    cache_write_1h_tokens: int = 0
+    cache_write_picousd: int = 0
 
     @property
     def total_tokens(self) -> int:
@@ -75,6 +80,10 @@ class CostRow:
     def saved_usd(self) -> Decimal:
         return picousd_to_usd(self.cache_saved_picousd)
 
+    @property
+    def cache_write_usd(self) -> Decimal:
+        return picousd_to_usd(self.cache_write_picousd)
+
 
 def totals(rows: Sequence[CostRow]) -> CostRow:
     """One row summing `rows`, with an empty group."""
@@ -88,6 +97,9 @@ def totals(rows: Sequence[CostRow]) -> CostRow:
         cost_picousd=sum(r.cost_picousd for r in rows),
         cache_saved_tokens=sum(r.cache_saved_tokens for r in rows),
         cache_saved_picousd=sum(r.cache_saved_picousd for r in rows),
+        cache_write_tokens=sum(r.cache_write_tokens for r in rows),
+        cache_write_1h_tokens=sum(r.cache_write_1h_tokens for r in rows),
+        cache_write_picousd=sum(r.cache_write_picousd for r in rows),
     )
 
 
@@ -158,6 +170,9 @@ async def cost_report(
         _sum(c.cost_picousd).label("cost_picousd"),
         _sum(c.cache_saved_tokens).label("cache_saved_tokens"),
         _sum(c.cache_saved_picousd).label("cache_saved_picousd"),
+        _sum(c.cache_write_tokens).label("cache_write_tokens"),
+        _sum(c.cache_write_1h_tokens).label("cache_write_1h_tokens"),
+        _sum(c.cache_write_picousd).label("cache_write_picousd"),
     ).select_from(envelopes)
     if tenant is not None:
         q = q.where(c.tenant == tenant)
@@ -181,6 +196,9 @@ async def cost_report(
             cost_picousd=int(r.cost_picousd),
             cache_saved_tokens=int(r.cache_saved_tokens),
             cache_saved_picousd=int(r.cache_saved_picousd),
+            cache_write_tokens=int(r.cache_write_tokens),
+            cache_write_1h_tokens=int(r.cache_write_1h_tokens),
+            cache_write_picousd=int(r.cache_write_picousd),
         )
         for r in result
         if r.requests  # without GROUP BY an empty range still yields one all-zero row
@@ -258,11 +276,15 @@ def _row_fields(r: CostRow) -> dict[str, Any]:
         "prompt_tokens": r.prompt_tokens,
         "completion_tokens": r.completion_tokens,
         "cached_tokens": r.cached_tokens,
+        "cache_write_tokens": r.cache_write_tokens,
+        "cache_write_1h_tokens": r.cache_write_1h_tokens,
         "total_tokens": r.total_tokens,
         "cost_picousd": r.cost_picousd,
         "cost_usd": _exact(r.cost_usd),
         "cost_per_request_usd": _exact(r.cost_per_request_usd),
         "cost_per_1k_tokens_usd": _exact(r.cost_per_1k_tokens_usd),
+        "cache_write_picousd": r.cache_write_picousd,
+        "cache_write_usd": _exact(r.cache_write_usd),
         "cache_saved_tokens": r.cache_saved_tokens,
         "cache_saved_picousd": r.cache_saved_picousd,
         "saved_usd": _exact(r.saved_usd),
@@ -353,7 +375,9 @@ _TABLE_VALUES: tuple[tuple[str, Callable[[CostRow], str]], ...] = (
     ("prompt_tokens", lambda r: str(r.prompt_tokens)),
     ("completion_tokens", lambda r: str(r.completion_tokens)),
     ("cached_tokens", lambda r: str(r.cached_tokens)),
+    ("cache_write_tokens", lambda r: str(r.cache_write_tokens)),
     ("cost_usd", lambda r: _micro(r.cost_usd)),
+    ("cache_write_usd", lambda r: _micro(r.cache_write_usd)),  # part of cost_usd
     ("usd_per_request", lambda r: _micro(r.cost_per_request_usd)),
     ("usd_per_1k_tokens", lambda r: _micro(r.cost_per_1k_tokens_usd)),
     ("saved_tokens", lambda r: str(r.cache_saved_tokens)),

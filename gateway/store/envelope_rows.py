@@ -28,8 +28,9 @@ _TEXT = (
     "tenant", "key_id", "route", "feature", "template_id", "template_version", "template_hash",
     "model_requested", "model_served", "provider", "cache_status", "error_type", "request_body", "response_body",
 )  # fmt: skip
-_INT32 = ("prompt_tokens", "completion_tokens", "cached_tokens", "cache_saved_tokens", "status")
-_INT64 = ("cost_picousd", "cache_saved_picousd")
+_INT32 = ("prompt_tokens", "completion_tokens", "cached_tokens", "cache_write_tokens", "cache_write_1h_tokens",
+          "cache_saved_tokens", "status")
+_INT64 = ("cost_picousd", "cache_write_picousd", "cache_saved_picousd")
 _FLOAT = ("latency_ms", "ttft_ms")
 _BOOL = ("stream", "usage_reported")
 _JSON = ("attempts", "safety_flags")

@@ -123,6 +123,11 @@ envelopes = Table(
     # Money as exact integers of 1e-12 USD: sums over millions of calls stay exact, and a
     # $0.0000001 call is still 100_000 units.
     Column("cost_picousd", BigInteger, nullable=False, server_default=text("0")),
+    # Prompt tokens written into the provider's prompt cache (part of prompt_tokens; Anthropic bills
+    # them above the input price), of which kept for an hour, and what they cost (part of cost_picousd).
+    Column("cache_write_tokens", Integer, nullable=False, server_default=text("0")),
+    Column("cache_write_1h_tokens", Integer, nullable=False, server_default=text("0")),
+    Column("cache_write_picousd", BigInteger, nullable=False, server_default=text("0")),
     Column("cache_status", Text, nullable=True),  # miss | hit | semantic-hit | bypass
     Column("cache_saved_tokens", Integer, nullable=False, server_default=text("0")),
     Column("cache_saved_picousd", BigInteger, nullable=False, server_default=text("0")),

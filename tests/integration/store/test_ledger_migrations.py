@@ -6,7 +6,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import inspect, text
 
-from gateway.store.ledger import Ledger, LedgerUnavailable, alembic_config
+from gateway.store.ledger import HEAD_REVISION, Ledger, LedgerUnavailable, alembic_config
 from gateway.store.schema import metadata
 
 
@@ -31,7 +31,7 @@ async def test_migrate_creates_the_schema_and_twice_is_a_no_op(ledger_url):
         async with lg.read() as conn:
             versions = (await conn.execute(text("SELECT version_num FROM alembic_version"))).scalars().all()
             tables, indexes, uniques = await conn.run_sync(_schema_facts)
-        assert versions == ["0002"]
+        assert versions == [HEAD_REVISION]
         assert {"api_keys", "audit_log", "alembic_version"} <= tables
         assert {"ix_api_keys_tenant", "ix_audit_log_at"} <= indexes
         assert ("uq_api_keys_key_hash", ("key_hash",)) in uniques
@@ -52,7 +52,7 @@ async def test_concurrent_migrations_serialize(ledger_url):
         await asyncio.gather(*(lg.migrate() for lg in ledgers))
         async with ledgers[0].read() as conn:
             versions = (await conn.execute(text("SELECT version_num FROM alembic_version"))).scalars().all()
-        assert versions == ["0002"]
+        assert versions == [HEAD_REVISION]
     finally:
         for lg in ledgers:
             await lg.aclose()
@@ -79,8 +79,6 @@ async def test_downgrade_to_base_and_upgrade_again(ledger):
 def test_head_revision_constant_is_the_migrations_head():
     from alembic.script import ScriptDirectory
 
-    from gateway.store.ledger import HEAD_REVISION
-
     assert ScriptDirectory.from_config(alembic_config()).get_current_head() == HEAD_REVISION
 
 
@@ -92,7 +90,7 @@ async def test_a_ledger_at_head_is_not_migrated_again_and_a_behind_one_is(ledger
             await conn.run_sync(lambda c: command.downgrade(alembic_config(c), "0001"))
         await lg.migrate()  # behind: upgraded
         async with lg.read() as conn:
-            assert (await conn.execute(text("SELECT version_num FROM alembic_version"))).scalar() == "0002"
+            assert (await conn.execute(text("SELECT version_num FROM alembic_version"))).scalar() == HEAD_REVISION
             assert await conn.run_sync(lambda c: inspect(c).has_table("envelopes"))
     finally:
         await lg.aclose()
