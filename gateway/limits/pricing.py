@@ -136,6 +136,8 @@ class Pricing(BaseModel):
             return 0, 0
         p_in, p_cached, p_out, p_write, p_write_1h = pico
         cached = min(cached_tokens, prompt_tokens)
+        if not cache_write_tokens:  # every call but an Anthropic cache write
+            return (prompt_tokens - cached) * p_in + cached * p_cached + completion_tokens * p_out, 0
         written = min(cache_write_tokens, prompt_tokens - cached)
         written_1h = min(cache_write_1h_tokens, written)
         rest = (prompt_tokens - cached - written) * p_in + cached * p_cached + completion_tokens * p_out
