@@ -11,7 +11,7 @@ reconciled with the usage the provider reports; the gap is a metric.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from functools import lru_cache
 from typing import Any
 
@@ -70,7 +70,7 @@ def estimate_prompt(body: Mapping[str, Any], targets: Iterable[tuple[str, str]],
     tools = body.get("tools")
     definitions = "functions" in body or "function_call" in body or "response_format" in body
     parts: list[Mapping[str, Any]] = []
-    media: list[Media] | None = None
+    media: Sequence[Media] | None = None
     counted: dict[str, int] = {}
     best = 0
     for kind, model in targets:
@@ -82,7 +82,7 @@ def estimate_prompt(body: Mapping[str, Any], targets: Iterable[tuple[str, str]],
                 _definitions_tokens(body, ref_model) if definitions else 0)
             if media is None:
                 # Parts are collected on the first count only, and read (headers decoded) once.
-                media = [m for m in map(describe, parts) if m is not None] if parts else []
+                media = [m for m in map(describe, parts) if m is not None] if parts else ()
         if media:
             n += media_tokens(media, image_rule(kind, model))
         tokens = n if exact else math.ceil(n * (1 + margin))

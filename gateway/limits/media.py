@@ -20,9 +20,11 @@ conservative bound). The rules, per target:
 - Audio (`input_audio`): 10 tokens a second (OpenAI: one per 100 ms of input audio), the
   duration bounded by the size at the format's leanest encoding: 1 token per 100 bytes (mp3 at
   8 kbit/s, and any format not known), 1 per 400 bytes for wav (4-bit ADPCM at 8 kHz).
-- Files (`file`, PDFs: billed as each page's extracted text plus an image of each page): one
-  token per byte of the decoded file, plus one unknown-size image per started 2 KB, at most 100
-  pages (OpenAI's page limit); a `file_id` (size unknown) counts 100 such pages and 100 KB of text.
+- Files (`file`, PDFs: billed as each page's extracted text plus an image of each page): two
+  tokens per byte of the decoded file (deflated text holds ~1.25 tokens a byte), plus one
+  unknown-size image per started KB, at most 100 pages (OpenAI's page limit); a `file_id` (size
+  unknown) counts 100 such pages and 200,000 tokens of text. A PDF built to inflate far beyond
+  that (a compression bomb of text) is bounded only by the model's context window.
 
 A hand-written header reader rather than an image library: four formats, a few fixed offsets,
 and nothing else parsed (a general library would also parse formats no provider takes, and some
@@ -44,9 +46,10 @@ _ANTHROPIC_LONG_EDGE = 1568
 _ANTHROPIC_MAX = 1600
 _AUDIO_BYTES_PER_TOKEN = {"wav": 400}
 _AUDIO_DEFAULT_BYTES_PER_TOKEN = 100
-_PAGE_BYTES = 2048
+_PAGE_BYTES = 1024
+_FILE_TOKENS_PER_BYTE = 2
 _MAX_PAGES = 100
-_FILE_ID_TEXT = 100_000
+_FILE_ID_TEXT = 200_000
 _JPEG_MAX_SEGMENTS = 64
 
 
@@ -185,7 +188,7 @@ def media_tokens(media: Iterable[Media], rule: ImageRule) -> int:
             total += -(-m.nbytes // per) if m.nbytes >= 0 else 0
         elif m.nbytes >= 0:
             pages = min(_MAX_PAGES, 1 + m.nbytes // _PAGE_BYTES)
-            total += m.nbytes + pages * rule.unknown_high()
+            total += _FILE_TOKENS_PER_BYTE * m.nbytes + pages * rule.unknown_high()
         else:
             total += _FILE_ID_TEXT + _MAX_PAGES * rule.unknown_high()
     return total

@@ -100,9 +100,9 @@ def test_audio_and_files_count_a_bound_from_their_size() -> None:
     assert media_tokens([audio], rule) == 30 and media_tokens([wav], rule) == 8  # 3000 bytes
     pdf = describe({"type": "file", "file": {"file_data": _data("application/pdf", b"x" * 3000), "filename": "f.pdf"}})
     assert pdf == Media("file", nbytes=3000, text="f.pdf")
-    assert media_tokens([pdf], rule) == 5 + 3000 + 2 * 1445  # text + a page image per started 2 KB
+    assert media_tokens([pdf], rule) == 5 + 2 * 3000 + 3 * 1445  # text + a page image per started KB
     by_id = describe({"type": "file", "file": {"file_id": "file-abc"}})
-    assert by_id is not None and media_tokens([by_id], rule) == 100_000 + 100 * 1445
+    assert by_id is not None and media_tokens([by_id], rule) == 200_000 + 100 * 1445
     assert describe({"type": "text", "text": "x"}) is None
 
 
