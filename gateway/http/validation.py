@@ -11,6 +11,7 @@ from typing import Any
 import orjson
 
 from gateway.errors import BadRequest, InvalidJSON
+from gateway.limits.completion import MAX_CHOICES
 
 _ROLES = frozenset({"system", "developer", "user", "assistant", "tool", "function"})
 
@@ -45,7 +46,7 @@ def _require_model(body: dict[str, Any]) -> str:
     return model
 
 
-def _int_at_least(body: dict[str, Any], name: str, low: int) -> None:
+def _int_at_least(body: dict[str, Any], name: str, low: int, high: int | None = None) -> None:
     v = body.get(name)
     if v is None:
         return
@@ -54,6 +55,9 @@ def _int_at_least(body: dict[str, Any], name: str, low: int) -> None:
     if v < low:
         raise BadRequest(f"Invalid '{name}': integer below minimum value. Expected a value >= {low}, "
                          f"but got {v} instead.", param=name, code="integer_below_min_value")
+    if high is not None and v > high:
+        raise BadRequest(f"Invalid '{name}': integer above maximum value. Expected a value <= {high}, "
+                         f"but got {v} instead.", param=name, code="integer_above_max_value")
 
 
 def _number_between(body: dict[str, Any], name: str, low: float, high: float) -> None:
@@ -111,7 +115,7 @@ def validate_chat(body: dict[str, Any]) -> str:
                              param="stream_options", code="invalid_value")
     _int_at_least(body, "max_tokens", 1)
     _int_at_least(body, "max_completion_tokens", 1)
-    _int_at_least(body, "n", 1)
+    _int_at_least(body, "n", 1, MAX_CHOICES)  # every choice is billed, and reserved
     _number_between(body, "temperature", 0, 2)
     _number_between(body, "top_p", 0, 1)
     _number_between(body, "presence_penalty", -2, 2)

@@ -2,11 +2,11 @@
 
 Before the call the gateway reserves, on every counter the request draws on (tenant, key and
 feature budgets and rate limits; the route's own budget), the prompt estimate plus the capped
-completion and their price at the dearest target. If anything does not fit, the request is
-refused before any upstream call. After the call each counter is settled to the actual usage
-and the rest released; a reservation left by a crashed process expires. Because the provider is
-always sent a `max_tokens` no larger than what was reserved, no interleaving of requests can
-spend past a budget.
+completion (n choices x the larger completion field) and their price at the dearest target. If
+anything does not fit, the request is refused before any upstream call. After the call each
+counter is settled to the actual usage and the rest released; a reservation left by a crashed
+process expires. Because the provider is always sent completion fields no larger than what was
+reserved for each choice, no interleaving of requests can spend past a budget.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from typing import Any
 
 from gateway.errors import BadRequest, GatewayError, RateLimited, ServiceUnavailable
 from gateway.ids import random_hex
+from gateway.limits.completion import choices, completion_cap
 from gateway.limits.estimate import estimate_embeddings, estimate_prompt
 from gateway.limits.plan import GroupPlan, PlanCache
 from gateway.observability.metrics import Metrics
@@ -101,15 +102,15 @@ class Limits:
         self._pricing = settings.pricing
 
     def _completion_cap(self, body: dict[str, Any], needs_bound: bool) -> int:
-        field_name = "max_completion_tokens" if "max_completion_tokens" in body else "max_tokens"
-        asked = body.get(field_name)
-        if isinstance(asked, int):
-            return asked
-        if not needs_bound:
-            return 0
-        # Unbounded completions cannot be reserved: the provider is given the default bound.
-        body[field_name] = self.settings.limits.default_max_tokens
-        return self.settings.limits.default_max_tokens
+        """What the call may generate: n choices, each up to the larger completion field (a provider
+        may read either, and bills every choice)."""
+        asked = completion_cap(body)
+        if asked is None:
+            if not needs_bound:
+                return 0
+            # Unbounded completions cannot be reserved: the provider is given the default bound.
+            asked = body["max_tokens"] = self.settings.limits.default_max_tokens
+        return asked * choices(body)
 
     @staticmethod
     def _price_bound(prices: tuple[tuple[int, int], ...], prompt: int, completion: int) -> int:

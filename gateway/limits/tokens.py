@@ -133,8 +133,12 @@ def _encoding_and_roles(model: str) -> tuple[tiktoken.Encoding, dict[str, int]]:
     return encoding_for_model(model), {}
 
 
-def count_messages(messages: Iterable[Mapping[str, Any]], model: str = "gpt-4o") -> int:
-    """Prompt tokens of a chat request by OpenAI's accounting: 3 per message, 1 per name, 3 to prime."""
+def count_messages(messages: Iterable[Mapping[str, Any]], model: str = "gpt-4o",
+                   media: list[Mapping[str, Any]] | None = None) -> int:
+    """Prompt tokens of a chat request by OpenAI's accounting: 3 per message, 1 per name, 3 to prime.
+
+    Only text is counted here; content parts that are not text (images, audio, files) are
+    appended to `media`, when given, for `gateway.limits.media` to count by their providers' rules."""
     enc, roles = _encoding_and_roles(model)
     total = 3
     for msg in messages:
@@ -146,8 +150,15 @@ def count_messages(messages: Iterable[Mapping[str, Any]], model: str = "gpt-4o")
         elif isinstance(content, list):
             repeats = role in _REPEATING_ROLES
             for part in content:
-                if isinstance(part, Mapping) and isinstance(part.get("text"), str):
-                    total += _count(enc, part["text"], repeats)
+                if not isinstance(part, Mapping):
+                    continue
+                text = part.get("text")
+                if isinstance(text, str):
+                    total += _count(enc, text, repeats)
+                elif isinstance(part.get("refusal"), str):
+                    total += _count(enc, part["refusal"], False)
+                elif media is not None:
+                    media.append(part)
         if isinstance(role, str):
             n = roles.get(role)
             if n is None:
@@ -162,9 +173,19 @@ def count_messages(messages: Iterable[Mapping[str, Any]], model: str = "gpt-4o")
         for call in tool_calls if isinstance(tool_calls, list) else ():
             fn = call.get("function") if isinstance(call, Mapping) else None
             if isinstance(fn, Mapping):
-                for field in ("name", "arguments"):
-                    if isinstance(fn.get(field), str):
-                        total += _count(enc, fn[field], field == "name")
+                total += _count_call(enc, fn)
+        if role == "assistant":
+            fn = msg.get("function_call")  # the deprecated form of one tool call
+            if isinstance(fn, Mapping):
+                total += _count_call(enc, fn)
+    return total
+
+
+def _count_call(enc: tiktoken.Encoding, fn: Mapping[str, Any]) -> int:
+    total = 0
+    for field in ("name", "arguments"):
+        if isinstance(fn.get(field), str):
+            total += _count(enc, fn[field], field == "name")
     return total
 
 

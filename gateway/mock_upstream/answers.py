@@ -36,6 +36,7 @@ __all__ = [
     "anthropic_message",
     "chat_chunks",
     "chat_completion",
+    "check_choices",
     "embeddings_response",
 ]
 
@@ -85,9 +86,28 @@ def _reply(body: dict[str, Any], model: str) -> tuple[Reply, int]:
     return _cached(digest, model, key)
 
 
+_MAX_CHOICES = 128
+
+
 def _n(body: Mapping[str, Any]) -> int:
     n = body.get("n")
-    return n if isinstance(n, int) and not isinstance(n, bool) and 1 <= n <= 128 else 1
+    return n if isinstance(n, int) and not isinstance(n, bool) and 1 <= n <= _MAX_CHOICES else 1
+
+
+def check_choices(body: Mapping[str, Any]) -> None:
+    """Raises ValueError, in OpenAI's words, for an `n` OpenAI refuses (not an integer in 1..128):
+    every choice is generated and billed, so a mock that quietly served one would hide a gateway
+    that forwards what the provider would refuse."""
+    n = body.get("n")
+    if n is None:
+        return
+    if not isinstance(n, int) or isinstance(n, bool):
+        raise ValueError(f"Invalid type for 'n': expected an integer, but got {type(n).__name__} instead.")
+    if n < 1:
+        raise ValueError(f"Invalid 'n': integer below minimum value. Expected a value >= 1, but got {n} instead.")
+    if n > _MAX_CHOICES:
+        raise ValueError(f"Invalid 'n': integer above maximum value. Expected a value <= {_MAX_CHOICES}, "
+                         f"but got {n} instead.")
 
 
 def _usage(prompt: int, completion: int) -> dict[str, Any]:

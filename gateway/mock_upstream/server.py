@@ -24,6 +24,7 @@ from gateway.mock_upstream.answers import (
     anthropic_message,
     chat_chunks,
     chat_completion,
+    check_choices,
     embeddings_response,
 )
 from gateway.mock_upstream.control import MockState, RequestLog
@@ -93,6 +94,11 @@ def _validate(api: Api, kind: Kind, body: dict[str, Any], headers: Mapping[str, 
     if kind == "chat" and not (isinstance(body.get("messages"), list) and body["messages"]):
         raise _Problem(400, "Missing required parameter: 'messages'.", param="messages",
                        code="missing_required_parameter")
+    if kind == "chat":
+        try:
+            check_choices(body)
+        except ValueError as exc:
+            raise _Problem(400, str(exc), param="n", code="invalid_value") from None
     if kind == "embeddings" and "input" not in body:
         raise _Problem(400, "Missing required parameter: 'input'.", param="input", code="missing_required_parameter")
 

@@ -6,6 +6,7 @@ import logging
 from typing import Any
 
 from gateway.errors import ModelNotFound, PermissionDenied
+from gateway.limits.completion import cap_completion
 from gateway.pipeline.context import Call
 from gateway.settings import RouteSettings, Settings
 
@@ -34,11 +35,9 @@ def allowed_routes(settings: Settings, tenant_name: str | None) -> list[str]:
 
 
 def apply_route_caps(body: dict[str, Any], route: RouteSettings) -> None:
-    """The route's max_tokens caps the completion, and is the default when the client sets none."""
+    """The route's max_tokens caps the completion (every completion field the body sets: a provider
+    may read either), and is the default when the client sets none."""
     cap = route.max_tokens
     if cap is None:
         return
-    field = "max_completion_tokens" if "max_completion_tokens" in body else "max_tokens"
-    asked = body.get(field)
-    if asked is None or asked > cap:
-        body[field] = cap
+    cap_completion(body, cap)

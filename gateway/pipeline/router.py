@@ -3,7 +3,8 @@
 Failover is a plain loop. Each request carries budgets that decrement across attempts: the
 attempts left (`retries` after the first), the deadline (each attempt gets the smaller of
 `attempt_timeout_s` and what is left), and optionally a token budget (what failed attempts
-consumed is spent; each new attempt's `max_tokens` is lowered to what is left).
+consumed is spent; each new attempt's completion fields are lowered to what is left, shared by
+the request's `n` choices).
 
 What happens after a failure depends on what failed:
 - the request itself (an upstream 400/404/422): answer at once, every target would agree;
@@ -37,6 +38,7 @@ from gateway.errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
+from gateway.limits.completion import capped_completion, choices
 from gateway.limits.tokens import count_messages
 from gateway.pipeline.context import Attempt, Call
 from gateway.providers.base import ChatResult, ChatStream, EmbeddingsResult, Provider, Usage
@@ -61,27 +63,25 @@ def plan(targets: list[TargetSettings], rng: random.Random) -> list[TargetSettin
 
 @dataclass(slots=True)
 class _TokenBudget:
-    """The request's token budget: what is left decides each attempt's max_tokens."""
+    """The request's token budget: what is left, shared by the n choices, decides each attempt's
+    completion fields (all of them: a provider may read either)."""
 
     total: int
     prompt: int
+    choices: int = 1
     spent: int = 0
 
     def attempt_body(self, body: dict[str, Any], attempts_made: int) -> dict[str, Any]:
-        room = self.total - self.spent - self.prompt
+        room = (self.total - self.spent - self.prompt) // self.choices
         if room < 1:
             if attempts_made == 0:
                 raise TokenBudgetExceeded(
-                    f"The prompt ({self.prompt} tokens) does not fit in this route's token budget of {self.total}.",
-                    param="messages")
+                    f"The prompt ({self.prompt} tokens) and {self.choices} choice(s) of at least one token do not "
+                    f"fit in this route's token budget of {self.total}.", param="messages")
             raise TokenBudgetExhausted(
                 f"The request's token budget of {self.total} is spent ({self.spent} tokens over {attempts_made} "
                 "failed attempts); another attempt would not fit.")
-        field_name = "max_completion_tokens" if "max_completion_tokens" in body else "max_tokens"
-        asked = body.get(field_name)
-        if asked is not None and asked <= room:
-            return body
-        return {**body, field_name: room}
+        return capped_completion(body, room)
 
 
 @dataclass(slots=True)
@@ -148,8 +148,12 @@ class Router:
         state = _State(deadline=call.started + route.deadline_s, attempts_left=1 + route.retries)
         budget = None
         if route.token_budget is not None and count_prompt:
-            budget = _TokenBudget(total=route.token_budget,
-                                  prompt=count_messages(body.get("messages") or (), order[0].model))
+            # The limits stage's estimate when it ran (it counts tools, images, ... at the dearest
+            # target); the messages' text otherwise.
+            prompt = call.prompt_estimate
+            if prompt is None:
+                prompt = count_messages(body.get("messages") or (), order[0].model)
+            budget = _TokenBudget(total=route.token_budget, prompt=prompt, choices=choices(body))
         while state.attempts_left > 0:
             attempt_body = body if budget is None else budget.attempt_body(body, call.attempt_count)
             picked = await self._pick(call, order, state)

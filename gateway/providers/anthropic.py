@@ -130,14 +130,17 @@ def _refuse_unsupported(body: dict[str, Any]) -> None:
 
 
 def _max_tokens(body: dict[str, Any], default: int) -> int:
+    """The larger of the two completion fields, as the gateway reserved and capped both."""
+    best = None
     for key in ("max_completion_tokens", "max_tokens"):
         value = body.get(key)
         if value is None:
             continue
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise _bad(key, f"'{key}' must be a positive integer")
-        return value
-    return default
+        if best is None or value > best:
+            best = value
+    return default if best is None else best
 
 
 def _stop_sequences(stop: Any) -> list[str]:

@@ -25,6 +25,7 @@ class MockProvider(Provider):
 
     async def chat(self, body: dict[str, Any], model: str, *, timeout_s: float) -> ChatResult:
         await self._pause()
+        _check_choices(body)
         data = answers.chat_completion(body, model=model)
         choice = data["choices"][0] if data.get("choices") else {}
         return ChatResult(body=orjson.dumps(data), usage=usage_from_openai(data.get("usage")),
@@ -33,6 +34,7 @@ class MockProvider(Provider):
     async def chat_stream(self, body: dict[str, Any], model: str, *, timeout_s: float,
                           include_usage: bool) -> ChatStream:
         await self._pause()
+        _check_choices(body)
         chunks = answers.chat_chunks(body, model=model, include_usage=True)
         translator = OpenAIStreamTranslator(include_usage)
 
@@ -51,3 +53,12 @@ class MockProvider(Provider):
             raise UpstreamRejected(str(e), param="input") from None
         return EmbeddingsResult(body=orjson.dumps(data), usage=usage_from_openai(data.get("usage")),
                                 served_model=model)
+
+
+def _check_choices(body: dict[str, Any]) -> None:
+    """n choices are served (each up to max_tokens, usage for all), as OpenAI does; an `n` OpenAI
+    refuses is refused the same way."""
+    try:
+        answers.check_choices(body)
+    except ValueError as e:
+        raise UpstreamRejected(str(e), param="n") from None

@@ -109,3 +109,17 @@ def test_azure_paths(mock: RunningProcess, http: httpx.Client) -> None:
     entry = http.get("/_mock/requests").json()[-1]
     assert entry["path"] == path and entry["query"] == {"api-version": "2024-10-21"}
     assert entry["headers"]["api-key"] == "x"
+
+
+def test_n_choices_each_up_to_max_tokens_with_usage_for_all(client: openai.OpenAI, http: httpx.Client) -> None:
+    messages = [{"role": "user", "content": "a question long enough to be cut by max_tokens"}]
+    answer = client.chat.completions.create(model="gpt-4o", messages=messages, max_tokens=3, n=5)  # type: ignore[arg-type]
+    assert len(answer.choices) == 5 and all(c.finish_reason == "length" for c in answer.choices)
+    assert answer.usage is not None and answer.usage.completion_tokens == 5 * 3
+    chunks = list(client.chat.completions.create(model="gpt-4o", messages=messages, max_tokens=3, n=5,  # type: ignore[arg-type]
+                                                 stream=True, stream_options={"include_usage": True}))
+    assert {c.choices[0].index for c in chunks if c.choices} == set(range(5))
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens == 15
+    for n in (0, 129, True):  # what OpenAI refuses, the mock refuses
+        r = http.post("/v1/chat/completions", json={"model": "gpt-4o", "messages": messages, "n": n})
+        assert r.status_code == 400 and r.json()["error"]["param"] == "n", r.text

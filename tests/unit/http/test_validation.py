@@ -34,6 +34,11 @@ def test_valid_chat_returns_the_route_and_keeps_the_body() -> None:
     ({"messages": [{"role": "assistant", "tool_calls": ["x"]}]}, "messages[0].tool_calls[0]"),
     ({"messages": [{"role": "assistant", "tool_calls": [{"function": [1]}]}]}, "messages[0].tool_calls[0]"),
     ({"max_completion_tokens": True}, "max_completion_tokens"),
+    # every choice is billed: OpenAI's bound on n, so no body asks for more than is reserved
+    ({"n": 129}, "n"),
+    ({"n": 0}, "n"),
+    ({"n": True}, "n"),
+    ({"n": 2.0}, "n"),
     ({"presence_penalty": 2.5}, "presence_penalty"),
     ({"temperature": "hot"}, "temperature"),
 ])

@@ -10,7 +10,7 @@ import orjson
 import pytest
 
 from gateway.limits.tokens import count_messages, count_text
-from gateway.mock_upstream.answers import chat_chunks, chat_completion, embeddings_response
+from gateway.mock_upstream.answers import chat_chunks, chat_completion, check_choices, embeddings_response
 from gateway.mock_upstream.core import args_from_schema
 
 MODEL = "gpt-4o-mini"
@@ -109,6 +109,13 @@ def test_n_gives_n_choices() -> None:
     out = chat_completion(_chat(n=3), model=MODEL)
     assert [c["index"] for c in out["choices"]] == [0, 1, 2]
     assert out["usage"]["completion_tokens"] == 3 * one["usage"]["completion_tokens"]
+
+
+@pytest.mark.parametrize("n", [0, 129, True, "2"])
+def test_an_n_openai_refuses_is_refused(n: object) -> None:
+    with pytest.raises(ValueError, match="'n'"):
+        check_choices(_chat(n=n))
+    check_choices(_chat(n=128))
 
 
 def test_tool_call_from_the_first_tool_with_args_from_its_schema() -> None:

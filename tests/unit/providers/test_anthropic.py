@@ -398,6 +398,7 @@ def test_no_stop_sequences_when_absent_or_empty(dialect: AnthropicDialect) -> No
         ({"max_tokens": 100}, 100),
         ({"max_completion_tokens": 200}, 200),
         ({"max_tokens": 100, "max_completion_tokens": 200}, 200),
+        ({"max_tokens": 300, "max_completion_tokens": 200}, 300),  # the larger, as the gateway reserved
         ({"max_tokens": None}, 4096),
     ],
 )
