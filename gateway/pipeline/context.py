@@ -55,6 +55,8 @@ class Call:
     target_model: str | None = None  # the route target's model (what pricing is keyed by)
     prompt_estimate: int | None = None
     cost_picousd: int = 0
+    # The limits stage settled the call: `usage` and `cost_picousd` are what its budgets counted.
+    settled: bool = False
     # Kept only when the body policy (storage.envelope_bodies) says so.
     request_body: str | None = None
     response_body: str | None = None
@@ -66,6 +68,9 @@ class Call:
     error_code: str | None = None
     ttft_ms: float | None = None
     client_disconnected: bool = False
+    # How long the request may still run once its client has left (0: it is stopped at once): a
+    # stream past its finish reason reads the usage chunk the provider bills anyway.
+    linger_s: float = 0.0
     # Headers every response of this call carries, errors included (x-ratelimit-*).
     extra_headers: list[tuple[bytes, bytes]] = field(default_factory=list)
     # Run by the ingress when the request is over (streams included): releases what stages took.
