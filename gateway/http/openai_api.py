@@ -182,13 +182,14 @@ class _Relay:
         await stream.aclose()
         call.model_served = stream.translator.served_model
         call.finish_reason = stream.translator.finish_reason
-        usage = stream.usage
-        call.usage = usage if usage.reported else self._estimate()
+        # Usage counts as reported only once the stream finished: Anthropic reports the prompt at
+        # the start and the completion with the finish, so a stream cut before has a partial count.
+        usage = stream.usage if stream.usage.reported and call.finish_reason is not None else None
+        call.usage = usage or self._estimate()
         # A stream cut short (client gone, provider broken) may have been billed for what it
         # generated; unless the provider reported usage, the reservation stands as spent (and is
         # what the envelope records).
-        await self.gw.limits.settle(self.hold, usage if usage.reported else None, call.provider,
-                                    call.target_model, call)
+        await self.gw.limits.settle(self.hold, usage, call.provider, call.target_model, call)
 
     def _estimate(self) -> Usage:
         """No usage reported (and no reservation to stand for it): the prompt estimate, and a token
