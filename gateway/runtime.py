@@ -110,6 +110,7 @@ class Gateway:
             _log.warning("key cache not loaded at start-up", extra={"fields": {"error": type(e).__name__}})
         self._tasks.append(asyncio.create_task(self.key_cache.run(self.settings.storage.auth_refresh_s)))
         self._tasks.append(asyncio.create_task(trim_periodically()))
+        self._tasks.append(asyncio.create_task(self.limits.refresh_live()))
 
     async def aclose(self) -> None:
         for task in self._tasks:

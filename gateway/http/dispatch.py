@@ -84,7 +84,8 @@ Handler = Callable[[Inbound], Awaitable[Reply]]
 
 
 class JSONReply:
-    """A JSON answer; `after` runs once its last byte is sent (settlement), still inside the request."""
+    """A JSON answer; `after` runs once its last byte is sent (settlement), still inside the request,
+    and also when sending is cut short (the client left): the call was served all the same."""
 
     __slots__ = ("after", "body", "headers", "status")
 
@@ -95,9 +96,14 @@ class JSONReply:
                         *(headers or ())]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await send({"type": "http.response.start", "status": self.status, "headers": self.headers})
-        await send({"type": "http.response.body", "body": self.body})
-        if self.after is not None:
+        if self.after is None:
+            await send({"type": "http.response.start", "status": self.status, "headers": self.headers})
+            await send({"type": "http.response.body", "body": self.body})
+            return
+        try:
+            await send({"type": "http.response.start", "status": self.status, "headers": self.headers})
+            await send({"type": "http.response.body", "body": self.body})
+        finally:
             await self.after()
 
 

@@ -67,7 +67,7 @@ class IngressMiddleware:
         scope[CALL_KEY] = call
         rid_header = (b"x-request-id", call.request_id.encode())
         started = False
-        watch = _DisconnectWatch(receive, self.max_body_bytes, self.gateway.deadlines)
+        watch = _DisconnectWatch(receive, self.max_body_bytes, self.gateway.deadlines, call)
 
         async def send_wrapper(message: Message) -> None:
             nonlocal started
@@ -150,13 +150,16 @@ class _DisconnectWatch:
     deadline sweep's interval) rather than at its timeout. Later `receive()` calls from the app wait
     for that same disconnect. The watcher starts only once a request has run for WATCH_AFTER_S: most
     answers are sent sooner, and an entry in the deadline sweep costs a fraction of a task.
+    A request that only has left what the provider bills anyway (`Call.linger_s`: a stream past its
+    finish reason, waiting for its usage) is given that long to end on its own before it is cancelled.
     """
 
-    __slots__ = ("_body_done", "_deadlines", "_event", "_limit", "_receive", "_seen", "_task", "_timer", "_watcher",
-                 "disconnected", "response_complete")
+    __slots__ = ("_body_done", "_call", "_deadlines", "_event", "_limit", "_receive", "_seen", "_task", "_timer",
+                 "_watcher", "disconnected", "response_complete")
 
-    def __init__(self, receive: Receive, limit: int, deadlines: Deadlines) -> None:
+    def __init__(self, receive: Receive, limit: int, deadlines: Deadlines, call: Call) -> None:
         self._receive, self._limit, self._seen = receive, limit, 0
+        self._call = call
         self._task = asyncio.current_task()
         self._watcher: asyncio.Task[None] | None = None
         self._deadlines = deadlines
@@ -204,6 +207,10 @@ class _DisconnectWatch:
         self.disconnected = True
         if self._event is not None:
             self._event.set()
+        linger = self._call.linger_s
+        if linger > 0:
+            self._call.client_disconnected = True
+            await asyncio.sleep(linger)  # `stop` cancels this wait when the request ends on its own
         if self._task is not None:
             self._task.cancel()
 

@@ -31,6 +31,11 @@ from gateway.runtime import Gateway
 
 _log = logging.getLogger("gateway.stream")
 
+# How long a stream whose client left after the finish reason still reads the upstream for its
+# usage chunk (OpenAI sends it right after the finish): the provider bills those tokens anyway, and
+# with the usage the record is exact rather than the whole reservation.
+USAGE_LINGER_S = 2.0
+
 
 def _gateway(request: Request) -> Gateway:
     gw: Gateway = request.app.state.gateway
@@ -48,7 +53,7 @@ def _answer(gw: Gateway, body: bytes, hold: Hold | None, usage: Usage, call: Cal
     if hold is None:
         return JSONReply(body, _route_headers(call))
     return JSONReply(body, _route_headers(call),
-                     after=partial(gw.limits.settle, hold, usage, call.provider, call.target_model))
+                     after=partial(gw.limits.settle, hold, usage, call.provider, call.target_model, call))
 
 
 def _json(body: bytes) -> Response:
@@ -104,9 +109,7 @@ async def chat_completions(inbound: Inbound) -> JSONReply | SSEResponse:
             include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
             stream = await gw.router.chat_stream(call, route, body, include_usage)
     except asyncio.CancelledError:
-        # The client left while a provider was working: it may bill what it generated, so the
-        # reservation stands as spent.
-        await gw.limits.settle(hold, None, None, None)
+        await _cut_short(gw, call, hold)
         raise
     except BaseException:
         # No attempt succeeded: providers do not bill failed calls, so nothing was spent.
@@ -121,6 +124,19 @@ async def chat_completions(inbound: Inbound) -> JSONReply | SSEResponse:
     return SSEResponse(relay.events(), _route_headers(call), after=relay.finish)
 
 
+async def _cut_short(gw: Gateway, call: Call, hold: Hold | None) -> None:
+    """The client left while a provider was working on its call. The provider may bill what it
+    generated, so the reservation stands as spent, recorded against the target being called (with
+    no budget, the prompt estimate is the record). Between attempts nothing is being billed."""
+    attempt = call.attempts[-1] if call.attempts else None
+    if attempt is None or attempt.skipped or attempt.error != "Cancelled":
+        await gw.limits.release(hold)
+        return
+    call.provider, call.target_model = attempt.provider, attempt.model
+    call.usage = Usage(prompt_tokens=call.prompt_estimate or 0)
+    await gw.limits.settle(hold, None, call.provider, call.target_model, call)
+
+
 class _Relay:
     """One stream's relay: `events()` while the response is open, `finish()` once it is over.
 
@@ -130,15 +146,23 @@ class _Relay:
     def __init__(self, gw: Gateway, stream: ChatStream, call: Call, body: dict[str, Any], hold: Hold | None):
         self.gw, self.stream, self.call, self.body, self.hold = gw, stream, call, body, hold
         self.completed = False
+        self.relayed = 0  # chunks sent on
 
     async def events(self) -> AsyncGenerator[bytes, None]:
         """Chunks as they arrive, then `[DONE]`; after the first byte, a failure is reported in-band
-        as one OpenAI-style error event, and the stream ends without `[DONE]`."""
+        as one OpenAI-style error event, and the stream ends without `[DONE]`.
+
+        Once the finish reason has been relayed, only the usage is still to come: a client that
+        leaves then does not stop the stream at once (`Call.linger_s`), so the usage is read."""
         call = self.call
+        translator = self.stream.translator
         try:
             async for payload in self.stream.chunks:
                 if call.ttft_ms is None:
                     call.ttft_ms = call.elapsed_ms()
+                self.relayed += 1
+                if translator.finish_reason is not None and not call.linger_s and not translator.usage.reported:
+                    call.linger_s = USAGE_LINGER_S
                 yield payload
             self.completed = True
             yield b"[DONE]"
@@ -158,22 +182,28 @@ class _Relay:
         await stream.aclose()
         call.model_served = stream.translator.served_model
         call.finish_reason = stream.translator.finish_reason
-        call.usage = stream.usage if stream.usage.reported else _estimate(self.body, stream.usage, call.target_model)
+        # Usage counts as reported only once the stream finished: Anthropic reports the prompt at
+        # the start and the completion with the finish, so a stream cut before has a partial count.
+        usage = stream.usage if stream.usage.reported and call.finish_reason is not None else None
+        call.usage = usage or self._estimate()
         # A stream cut short (client gone, provider broken) may have been billed for what it
-        # generated; unless the provider reported usage, the reservation stands as spent.
-        await self.gw.limits.settle(self.hold, stream.usage if stream.usage.reported else None, call.provider,
-                                    call.target_model)
+        # generated; unless the provider reported usage, the reservation stands as spent (and is
+        # what the envelope records).
+        await self.gw.limits.settle(self.hold, usage, call.provider, call.target_model, call)
+
+    def _estimate(self) -> Usage:
+        """No usage reported (and no reservation to stand for it): the prompt estimate, and a token
+        for every chunk relayed (OpenAI streams about one token a chunk; the role and finish chunks
+        make it an overestimate by two at most)."""
+        prompt = self.call.prompt_estimate
+        if prompt is None:
+            prompt = count_messages(self.body.get("messages") or (), self.call.target_model or "gpt-4o")
+        return Usage(prompt_tokens=prompt, completion_tokens=self.relayed, reported=False)
 
 
 def _stream_error(exc: GatewayError) -> bytes:
     return orjson.dumps({"error": {"message": exc.message, "type": exc.type, "param": exc.param,
                                    "code": exc.error_code}})
-
-
-def _estimate(body: dict[str, Any], usage: Usage, model: str | None) -> Usage:
-    """A provider that reports no usage for a stream: the prompt side is counted here."""
-    return Usage(prompt_tokens=count_messages(body.get("messages") or (), model or "gpt-4o"),
-                 completion_tokens=usage.completion_tokens, reported=False)
 
 
 async def embeddings(inbound: Inbound) -> JSONReply:
@@ -183,6 +213,9 @@ async def embeddings(inbound: Inbound) -> JSONReply:
     hold = await gw.limits.reserve(call, route, body)
     try:
         result = await gw.router.embeddings(call, route, body)
+    except asyncio.CancelledError:
+        await _cut_short(gw, call, hold)
+        raise
     except BaseException:
         await gw.limits.release(hold)
         raise

@@ -7,6 +7,16 @@ anything does not fit, the request is refused before any upstream call. After th
 counter is settled to the actual usage and the rest released; a reservation left by a crashed
 process expires. Because the provider is always sent completion fields no larger than what was
 reserved for each choice, no interleaving of requests can spend past a budget.
+
+A call may outlive `reservation_ttl_s` (a long stream, a slow upstream): its hold must not expire
+while it runs, or its room would be handed to others while it still spends. Live holds are kept
+in one insertion-ordered dict (a dict insert at reserve, a pop at settle: nothing per request
+beyond that), and one task (`refresh_live`) refreshes every hold older than a quarter of the ttl,
+each time the same quarter passes: a hold is refreshed when at most half its ttl has gone by.
+A crashed process refreshes nothing, so what it held still expires.
+
+What a call is counted as having spent is worked out once, in `settle`, and written on the Call:
+the envelope (and so the cost report) records the very figures the counters got.
 """
 
 from __future__ import annotations
@@ -41,7 +51,8 @@ class StateDown(ServiceUnavailable):
     code = "limits_unavailable"
 
 
-@dataclass(slots=True)
+# eq=False: a Hold is a key of the live holds (identity hash).
+@dataclass(slots=True, eq=False)
 class Hold:
     """What one call reserved; settled or released exactly once."""
 
@@ -100,6 +111,8 @@ class Limits:
         self._ttl_s = settings.limits.reservation_ttl_s
         self._estimate_margin = settings.limits.estimate_margin
         self._pricing = settings.pricing
+        # Holds not yet settled -> when they were made or last refreshed (time.time()), oldest first.
+        self._live: dict[Hold, float] = {}
 
     def _completion_cap(self, body: dict[str, Any], needs_bound: bool) -> int:
         """What the call may generate: n choices, each up to the larger completion field (a provider
@@ -160,6 +173,7 @@ class Limits:
                     raise self._refusal(held, group_plan.buckets(tokens, usd), group_plan)
                 hold.held.append((group_plan, held))
                 call.extra_headers += _lane_headers(group_plan, left, now)
+            self._live[hold] = now
             return hold
         for group_plan in plan.groups:
             group = group_plan.buckets(tokens, usd)
@@ -176,7 +190,10 @@ class Limits:
                 raise self._refusal(decision, group, group_plan)
             hold.groups.append((group_plan, group))
             call.extra_headers += _ratelimit_headers(decision, group, group_plan)
-        return hold if hold.groups else None
+        if not hold.groups:
+            return None
+        self._live[hold] = time.time()
+        return hold
 
     def _unchecked_allowed(self, group: tuple[Bucket, ...], error: StateUnavailable) -> bool:
         has_budget = any(b.kind == "period" for b in group)
@@ -199,29 +216,41 @@ class Limits:
         return RateLimited(f"Rate limit reached for {failed.name}: limit {failed.limit}, requested {failed.amount}. "
                            f"Please try again in {decision.retry_after_s or 1:.3g}s.", headers=headers)
 
-    async def settle(self, hold: Hold | None, usage: Usage | None, provider: str | None, model: str | None) -> None:
+    async def settle(self, hold: Hold | None, usage: Usage | None, provider: str | None, model: str | None,
+                     call: Call | None = None) -> None:
         """Actual usage replaces the reservation; without reported usage the reservation stands as spent.
+        What was counted goes on `call` (its usage and cost, `settled`), for the envelope.
 
         Shielded: a client that leaves at this moment cancels its request, but a settlement cut
         short would let the reservation expire and the spend be forgotten."""
         if hold is None or hold.done:
             return
         hold.done = True
+        self._live.pop(hold, None)
+        counted, usd, writes = self.settled(hold, usage, provider, model)
+        if call is not None:
+            call.usage, call.cost_picousd, call.cache_write_picousd, call.settled = counted, usd, writes, True
+        tokens = counted.prompt_tokens + counted.completion_tokens
         if self._local is not None:
-            tokens, usd = self._actual(hold, usage, provider, model)
             for group_plan, held in hold.held:
                 self._local.settle_held(held, group_plan.spent(tokens, usd))
         else:
-            await asyncio.shield(self._settle(hold, usage, provider, model))
+            await asyncio.shield(self._settle(hold, tokens, usd))
 
-    def _actual(self, hold: Hold, usage: Usage | None, provider: str | None, model: str | None) -> tuple[int, int]:
-        """(tokens, pico-dollars) the call really spent; what was reserved when that is not known."""
+    def settled(self, hold: Hold, usage: Usage | None, provider: str | None, model: str | None
+                ) -> tuple[Usage, int, int]:
+        """What the call is counted as having spent, its price in pico-dollars, and the part of that
+        price paid for prompt-cache writes: the reported usage at the target that served it, or else
+        the whole reservation (usage_reported false: a call cut short may have been billed for all it
+        was allowed)."""
         if usage is None or not usage.reported or provider is None or model is None:
-            return hold.prompt_tokens + hold.completion_tokens, hold.usd_picousd
-        return usage.prompt_tokens + usage.completion_tokens, self._pricing.usage_picousd(provider, model, usage)
+            return Usage(hold.prompt_tokens, hold.completion_tokens), hold.usd_picousd, 0
+        rest, writes = self._pricing.cost_parts(provider, model, usage.prompt_tokens, usage.completion_tokens,
+                                                usage.cached_tokens, usage.cache_write_tokens,
+                                                usage.cache_write_1h_tokens)
+        return usage, rest + writes, writes
 
-    async def _settle(self, hold: Hold, usage: Usage | None, provider: str | None, model: str | None) -> None:
-        actual_tokens, actual_usd = self._actual(hold, usage, provider, model)
+    async def _settle(self, hold: Hold, actual_tokens: int, actual_usd: int) -> None:
         for group_plan, group in hold.groups:
             try:
                 await self.store.settle(hold.reservation_id, group, group_plan.actual(actual_tokens, actual_usd))
@@ -233,6 +262,7 @@ class Limits:
         if hold is None or hold.done:
             return
         hold.done = True
+        self._live.pop(hold, None)
         if self._local is not None:
             for group_plan, held in hold.held:
                 self._local.settle_held(held, group_plan.nothing)
@@ -245,3 +275,44 @@ class Limits:
                 await self.store.release(hold.reservation_id, group)
             except StateUnavailable:
                 self.metrics.state_errors.labels("release").inc()
+
+    # -- live holds outlive the reservation ttl -------------------------------------------------
+
+    async def refresh_live(self) -> None:
+        """Run for the gateway's life: every quarter of the ttl, refresh the holds at least that old."""
+        every = self._ttl_s / 4
+        while True:
+            await asyncio.sleep(every)
+            try:
+                await self.refresh_due(time.time())
+            except Exception:  # a background loop's boundary: one bad pass must not end the refreshing
+                _log.exception("refreshing live reservations failed")
+
+    async def refresh_due(self, now: float) -> int:
+        """Refresh every live hold made or last refreshed a quarter of the ttl ago or more; how many."""
+        live, ttl = self._live, self._ttl_s
+        before = now - ttl / 4
+        due: list[Hold] = []
+        for hold, at in live.items():
+            if at > before:
+                break  # the rest are younger
+            due.append(hold)
+        for hold in due:  # to the back of the line first: a settle during an await below pops it
+            del live[hold]
+            live[hold] = now
+        local = self._local
+        for hold in due:
+            if local is not None:
+                for _, held in hold.held:
+                    local.refresh_held(held, ttl, now)
+                continue
+            for _, group in hold.groups:
+                if hold.done:
+                    break
+                try:
+                    await self.store.refresh(hold.reservation_id, group, ttl, now)
+                except StateUnavailable as e:
+                    self.metrics.state_errors.labels("refresh").inc()
+                    _log.error("state store unreachable; a live reservation was not refreshed",
+                               extra={"fields": {"error": str(e)[:300]}})
+        return len(due)

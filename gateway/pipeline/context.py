@@ -56,6 +56,8 @@ class Call:
     prompt_estimate: int | None = None
     cost_picousd: int = 0
     cache_write_picousd: int = 0  # the part of cost_picousd paid for prompt-cache writes
+    # The limits stage settled the call: `usage` and `cost_picousd` are what its budgets counted.
+    settled: bool = False
     # Kept only when the body policy (storage.envelope_bodies) says so.
     request_body: str | None = None
     response_body: str | None = None
@@ -67,6 +69,9 @@ class Call:
     error_code: str | None = None
     ttft_ms: float | None = None
     client_disconnected: bool = False
+    # How long the request may still run once its client has left (0: it is stopped at once): a
+    # stream past its finish reason reads the usage chunk the provider bills anyway.
+    linger_s: float = 0.0
     # Headers every response of this call carries, errors included (x-ratelimit-*).
     extra_headers: list[tuple[bytes, bytes]] = field(default_factory=list)
     # Run by the ingress when the request is over (streams included): releases what stages took.

@@ -16,6 +16,8 @@ _MODEL_KINDS = frozenset({"chat", "embeddings"})
 
 
 def price_call(call: Call, pricing: Pricing) -> None:
+    if call.settled:
+        return  # the limits stage priced it, and its budgets counted exactly that
     usage = call.usage
     if usage is not None and call.provider is not None and call.target_model is not None:
         rest, writes = pricing.cost_parts(call.provider, call.target_model, usage.prompt_tokens,

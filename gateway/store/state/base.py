@@ -2,7 +2,10 @@
 
 A request draws on several counters at once (a tenant's day and month token and dollar budgets,
 its requests and tokens per minute). `StateStore.reserve` checks and holds all of them in one
-atomic step, `settle` replaces the hold with what was really used, `release` gives it back. The
+atomic step, `settle` replaces the hold with what was really used, `release` gives it back. A hold
+expires `ttl_s` after it was made unless its caller `refresh`es it: a call that is still running
+(a long stream) keeps its hold by refreshing it well before then, and a hold left by a crashed
+process, which nothing refreshes, still expires. The
 memory and Redis back ends implement the same semantics; the time arithmetic they share lives in
 `periods`, so neither can drift from the other.
 """
@@ -80,6 +83,14 @@ class StateStore(Protocol):
 
     async def release(self, reservation_id: str, buckets: Sequence[Bucket], now: float | None = None) -> None:
         """Nothing was used: drop the hold. Idempotent, and a no-op after settle."""
+        ...
+
+    async def refresh(
+        self, reservation_id: str, buckets: Sequence[Bucket], ttl_s: float, now: float | None = None
+    ) -> bool:
+        """A live hold now expires ttl_s after `now` (never sooner than it would have): True. False,
+        changing nothing, when the id holds nothing any more (settled, released, expired or unknown):
+        an expired hold is not taken again, its usage still counts when it settles."""
         ...
 
     async def usage(self, buckets: Sequence[Bucket], now: float | None = None) -> dict[str, int]:

@@ -410,6 +410,37 @@ class MemoryStateStore:
     async def release(self, reservation_id: str, buckets: Sequence[Bucket], now: float | None = None) -> None:
         await self.settle(reservation_id, buckets, {b.name: 0 for b in buckets}, now)
 
+    async def refresh(
+        self, reservation_id: str, buckets: Sequence[Bucket], ttl_s: float, now: float | None = None
+    ) -> bool:
+        tag = buckets[0].hash_tag if type(buckets) is CheckedBuckets else check_buckets(buckets)
+        check_reserve_args(reservation_id, ttl_s)
+        if now is None:
+            now = time.time()
+        if now >= self._due:
+            self._collect(now)  # a hold past its ttl is given back first, as for a reserve
+        if not buckets:
+            return False
+        rec = self._record((tag, reservation_id), now)
+        return rec is not None and self._extend(rec, ttl_s, now)
+
+    def _extend(self, rec: _Record, ttl_s: float, now: float) -> bool:
+        """A record still holding now holds until ttl_s from now (or later, if it already did)."""
+        if not rec.holding or rec.hold_expires_at <= now:
+            return False
+        hold_exp = now + ttl_s
+        if hold_exp <= rec.hold_expires_at:
+            return True
+        holding = self._holding
+        del holding[rec]
+        # A refreshed hold goes last; with one ttl for every hold that keeps the queue in order.
+        if holding and hold_exp < next(reversed(holding.values())):
+            self._unordered = True
+        holding[rec] = hold_exp
+        rec.expires_at += hold_exp - rec.hold_expires_at  # the settle grace runs from the new expiry
+        rec.hold_expires_at = hold_exp
+        return True
+
     async def usage(self, buckets: Sequence[Bucket], now: float | None = None) -> dict[str, int]:
         tag = check_buckets(buckets)
         if now is None:
@@ -476,6 +507,13 @@ class MemoryStateStore:
             fields[b.key] = (span.stamp, amount, c, b)
         self._start_hold(rec)
         return rec
+
+    def refresh_held(self, held: Held, ttl_s: float, now: float) -> bool:
+        """`refresh` for a lane's hold: it now expires ttl_s after `now` if it still holds (True);
+        False, changing nothing, once it was settled or its ttl passed."""
+        if now >= self._due:
+            self._collect(now)
+        return self._extend(held, ttl_s, now)
 
     def settle_held(self, held: Held, spent: Sequence[int], now: float | None = None) -> None:
         """The hold's buckets, in the order they were held, settle at `spent` (units, each within its

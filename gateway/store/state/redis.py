@@ -10,6 +10,9 @@ so in Redis Cluster they live in one slot. Layout, with prefix P (default "gw:")
                                    "~exp" (record expiry), "~hold" (hold expiry); when every bucket is
                                    done it shrinks to {"~done": 1, "~exp"} for the idempotency window
 
+A live call refreshes its hold (`refresh`): the record's "~hold" and each held member's score move
+to the new expiry, so a purge does not take it while the call runs.
+
 <stamp> is the UTC day (20261130), month (202611) or minute since the epoch (29178420); periods.py
 names it from the caller's clock, as it does for every expiry, so the scripts never read Redis's
 TIME and behave exactly as the memory store does. Counters get PEXPIRE a little after their
@@ -281,6 +284,42 @@ redis.call('PEXPIRE', rec, ttl)
 return 0
 """
 
+# KEYS: as for settle. ARGV: rid, now, hold expiry, record expiry, record ttl ms; then one string per
+#   bucket: "current stamp|previous stamp|record field". Returns 1 when the hold was live and now
+#   expires at the new time (each held member rescored, so no purge takes it), else 0 (nothing changed).
+_REFRESH = r"""
+local rid, nowf = ARGV[1], tonumber(ARGV[2])
+local rec = KEYS[1]
+local r = redis.call('HGETALL', rec)
+if #r == 0 then return 0 end
+local f = {}
+for i = 1, #r, 2 do f[r[i]] = r[i + 1] end
+if f['~done'] or tonumber(f['~hold'] or '0') <= nowf then return 0 end
+-- Never sooner than it would have expired: only a later expiry changes anything.
+local later = tonumber(f['~hold']) < tonumber(ARGV[3])
+local live = false
+for i = 1, #ARGV - 5 do
+  local k = 1 + 4 * (i - 1)
+  local stamp_cur, stamp_prev, field = string.match(ARGV[5 + i], '^([^|]*)|([^|]*)|(.*)$')
+  local v = f[field]
+  if v and v ~= '-' then
+    live = true
+    local bar = string.find(v, '|', 1, true)
+    local stamp, amount = string.sub(v, 1, bar - 1), string.sub(v, bar + 1)
+    local z
+    if stamp == stamp_cur then z = KEYS[k + 2] elseif stamp == stamp_prev then z = KEYS[k + 4] end
+    -- XX: a member a purge took (its counter expired with its minute) is not put back.
+    if later and z and amount ~= '0' then redis.call('ZADD', z, 'XX', ARGV[3], rid .. '|' .. amount) end
+  end
+end
+if not live then return 0 end
+if later then
+  redis.call('HSET', rec, '~hold', ARGV[3], '~exp', ARGV[4])
+  redis.call('PEXPIRE', rec, ARGV[5])
+end
+return 1
+"""
+
 # KEYS: per bucket current count, current holds, previous count, previous holds. ARGV: now, then
 # per bucket its kind. Returns {cur1, prev1, cur2, prev2, ...}.
 _USAGE = (
@@ -309,7 +348,7 @@ def _describe(e: BaseException) -> str:
 
 
 class RedisStateStore:
-    __slots__ = ("_client", "_reserve", "_settle", "_usage", "done_ttl_s", "prefix", "settle_grace_s")
+    __slots__ = ("_client", "_refresh", "_reserve", "_settle", "_usage", "done_ttl_s", "prefix", "settle_grace_s")
     in_process = False
 
     def __init__(
@@ -346,6 +385,7 @@ class RedisStateStore:
         # the script and runs it again.
         self._reserve = self._client.register_script(_RESERVE)
         self._settle = self._client.register_script(_SETTLE)
+        self._refresh = self._client.register_script(_REFRESH)
         self._usage = self._client.register_script(_USAGE)
 
     def __repr__(self) -> str:
@@ -433,6 +473,22 @@ class RedisStateStore:
 
     async def release(self, reservation_id: str, buckets: Sequence[Bucket], now: float | None = None) -> None:
         await self.settle(reservation_id, buckets, {b.name: 0 for b in buckets}, now)
+
+    async def refresh(
+        self, reservation_id: str, buckets: Sequence[Bucket], ttl_s: float, now: float | None = None
+    ) -> bool:
+        tag = check_buckets(buckets)
+        check_reserve_args(reservation_id, ttl_s)
+        now = time.time() if now is None else now
+        if not buckets:
+            return False
+        slots = slots_of(buckets, now)
+        hold_exp = now + ttl_s
+        record_exp = hold_exp + self.settle_grace_s
+        args: list[str | int] = [reservation_id, repr(now), repr(hold_exp), repr(record_exp),
+                                 key_ttl_ms(record_exp, now)]
+        args += [f"{s.stamp}|{s.prev_stamp}|{b.key}" for b, s in zip(buckets, slots, strict=True)]
+        return bool(await self._run(self._refresh, self._keys(tag, reservation_id, buckets, slots), args))
 
     async def usage(self, buckets: Sequence[Bucket], now: float | None = None) -> dict[str, int]:
         tag = check_buckets(buckets)

@@ -227,6 +227,56 @@ class StateStoreBehaviour:
         assert (await store.reserve("r1", b, 30, now=NOON + 31)).ok
         assert await store.usage(b, now=NOON + 31) == {"tpd": 60}
 
+    # -- live holds refreshed by their caller -------------------------------------------------
+
+    async def test_a_refreshed_hold_outlives_its_ttl_and_expires_once_no_longer_refreshed(
+            self, store: StateStore) -> None:
+        bs = [bucket("tpd", 100, 60), bucket("tokens_month", 1000, 60, period="month")]
+        assert (await store.reserve("live", bs, 30, now=NOON)).ok
+        assert await store.refresh("live", bs, 30, now=NOON + 20)
+        assert await store.refresh("live", bs, 30, now=NOON + 40)
+        # still held past its first ttl: nothing that would not fit beside it fits
+        assert not (await store.reserve("r2", bs, 30, now=NOON + 69.9)).ok
+        assert await store.usage(bs, now=NOON + 69.9) == {"tpd": 60, "tokens_month": 60}
+        # its process died: nothing refreshes it, and it expires 30 s after the last refresh
+        assert await store.usage(bs, now=NOON + 70) == {"tpd": 0, "tokens_month": 0}
+        assert not await store.refresh("live", bs, 30, now=NOON + 71)  # expired: not taken again
+        assert await store.usage(bs, now=NOON + 71) == {"tpd": 0, "tokens_month": 0}
+        assert (await store.reserve("r2", bs, 30, now=NOON + 71)).ok
+        await store.settle("live", bs, {"tpd": 20, "tokens_month": 20}, now=NOON + 72)  # a late settle counts
+        assert await store.usage(bs, now=NOON + 72) == {"tpd": 80, "tokens_month": 80}
+
+    async def test_a_refresh_never_shortens_a_hold(self, store: StateStore) -> None:
+        b = [bucket("tpd", 100, 60)]
+        assert (await store.reserve("r1", b, 60, now=NOON)).ok
+        assert await store.refresh("r1", b, 10, now=NOON + 1)  # live, and it keeps its later expiry
+        assert await store.usage(b, now=NOON + 59.9) == {"tpd": 60}
+        assert await store.usage(b, now=NOON + 60) == {"tpd": 0}
+
+    async def test_only_a_live_hold_is_refreshed(self, store: StateStore) -> None:
+        b = [bucket("tpd", 100, 30)]
+        assert not await store.refresh("unknown", b, 30, now=NOON)
+        for rid in ("settled", "released"):
+            assert (await store.reserve(rid, b, 30, now=NOON)).ok
+        await store.settle("settled", b, {"tpd": 10}, now=NOON + 1)
+        await store.release("released", b, now=NOON + 1)
+        assert not await store.refresh("settled", b, 30, now=NOON + 2)
+        assert not await store.refresh("released", b, 30, now=NOON + 2)
+        assert await store.usage(b, now=NOON + 2) == {"tpd": 10}
+        assert await store.refresh("x", [], 30, now=NOON) is False
+        with pytest.raises(ValueError):
+            await store.refresh("settled", b, 0, now=NOON)
+
+    async def test_a_hold_made_before_midnight_is_refreshed_after_it(self, store: StateStore) -> None:
+        bs = [bucket("tpd", 100, 40)]
+        before = ts(2026, 11, 15, 23, 59, 50)
+        assert (await store.reserve("r1", bs, 30, now=before)).ok
+        assert await store.refresh("r1", bs, 30, now=before + 20)  # a new day: the hold sits in the old one
+        assert await store.usage(bs, now=before + 45) == {"tpd": 0}
+        assert await store.usage(bs, now=ts(2026, 11, 15, 23, 59, 59)) == {"tpd": 40}
+        await store.settle("r1", bs, {"tpd": 25}, now=before + 45)
+        assert await store.usage(bs, now=ts(2026, 11, 15, 23, 59, 59)) == {"tpd": 25}
+
     # -- periods -------------------------------------------------------------------------------
 
     async def test_a_hold_made_before_midnight_settles_into_the_old_day(self, store: StateStore) -> None:

@@ -178,6 +178,24 @@ async def test_an_unsettled_lane_hold_expires_and_a_late_settle_still_counts() -
     assert h not in store._holding
 
 
+async def test_a_refreshed_lane_hold_outlives_its_ttl_and_expires_once_no_longer_refreshed() -> None:
+    store = MemoryStateStore()
+    b = [bucket("tpd", 100, 80)]
+    lane = lane_of(b)
+    h = held(store, lane, [80], NOON, ttl=30)
+    other = held(store, lane_of([bucket("tokens_month", 10**6, 1, period="month")]), [1], NOON, ttl=30)
+    assert store.refresh_held(h, 30, NOON + 20) and store.refresh_held(h, 30, NOON + 40)
+    assert isinstance(store.hold_lane(lane, [80], 30, NOON + 69.9, []), Decision)  # still held
+    assert not store.refresh_held(other, 30, NOON + 40)  # never refreshed: it expired at NOON + 30
+    assert await store.usage(b, now=NOON + 70) == {"tpd": 0}  # 30 s after its last refresh
+    assert not store.refresh_held(h, 30, NOON + 70)
+    held(store, lane, [80], NOON + 70, ttl=30)
+    store.settle_held(h, [15], now=NOON + 71)  # the late settle counts where it was held
+    assert await store.usage(b, now=NOON + 71) == {"tpd": 95}
+    assert not store.refresh_held(h, 30, NOON + 72)  # settled
+    assert store._holding and not store._unordered
+
+
 async def test_a_lane_hold_settled_before_its_expiry_was_collected_counts_once() -> None:
     store = MemoryStateStore()
     b = [bucket("tpd", 1000, 100)]

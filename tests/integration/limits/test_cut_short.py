@@ -1,0 +1,141 @@
+"""Calls that outlive their reservation's ttl, and calls their clients leave: what the budgets count,
+what the envelope records and what `gateway report costs` says must be one figure, and never more
+than the budget is served. On memory + SQLite and on Redis + PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+import openai
+import pytest
+
+from tests.integration.limits.conftest import GatewayFactory
+from tests.integration.limits.test_ledger_accounting import _mock_usage, _wait_report
+from tests.support.gateway import GatewayInstance
+
+ROUTE = {"chat": {"targets": [{"provider": "up", "model": "gpt-4o-mini"}], "retries": 0}}
+HELLO = [{"role": "user", "content": "hello"}]  # 8 prompt tokens (estimate and mock alike); the mock answers 5
+PRICE_IN, PRICE_OUT = 150_000, 600_000  # pico-dollars per token of up/gpt-4o-mini
+# 22 prompt tokens; the mock streams 19 completion tokens in 13 events, 300 ms apart: ~3.9 s in all.
+LONG = [{"role": "user", "content": 'tell me a long story #mock{"chunk_delay_ms": 300}'}]
+LONG_PROMPT = 22
+
+
+def _assert_counted(gw: GatewayInstance, tenant: str, budget: int, counted: int) -> None:
+    """The tenant's day token counter holds exactly `counted`: a call reserving one token more than
+    is left is refused (nothing spent), and one reserving all that is left is served."""
+    client = gw.client(tenant)
+    room = budget - counted - 8
+    assert room >= 1, (budget, counted)
+    with pytest.raises(openai.RateLimitError) as info:
+        client.chat.completions.create(model="chat", messages=HELLO, max_tokens=room + 1)
+    assert info.value.code == "insufficient_quota"
+    client.chat.completions.create(model="chat", messages=HELLO, max_tokens=room)
+
+
+def test_a_stream_longer_than_the_reservation_ttl_keeps_its_hold(make_gateway: GatewayFactory, tenant: str,
+                                                                  upstream_log: Any) -> None:
+    # Room for the long stream's reservation (22 + 40) and 17 tokens more: while the stream runs, no
+    # call of 8 + 10 fits. Were its hold to expire at the 2 s ttl, four would, and 4 * 13 tokens more
+    # than the budget would be served.
+    budget = LONG_PROMPT + 40 + 17
+    gw = make_gateway(ROUTE, {tenant: {"budgets": {"tokens_per_day": budget}}}, limits={"reservation_ttl_s": 2})
+
+    async def run() -> tuple[int, list[str]]:
+        async with gw.async_client(tenant) as client:
+            async def long_stream() -> int:
+                stream = await client.chat.completions.create(
+                    model="chat", messages=LONG, max_tokens=40, stream=True, stream_options={"include_usage": True})
+                usage = 0
+                async for chunk in stream:
+                    if chunk.usage is not None:
+                        usage = chunk.usage.total_tokens
+                return usage
+
+            async def short() -> str:
+                try:
+                    await client.chat.completions.create(model="chat", messages=HELLO, max_tokens=10)
+                    return "ok"
+                except openai.RateLimitError as e:
+                    assert e.code == "insufficient_quota"
+                    return "refused"
+
+            streaming = asyncio.create_task(long_stream())
+            await asyncio.sleep(2.6)  # past the ttl: the stream still runs
+            assert not streaming.done()
+            outcomes = await asyncio.gather(*(short() for _ in range(10)))
+            assert not streaming.done()  # the calls were made while it ran
+            return await streaming, outcomes
+
+    started = time.monotonic()
+    stream_tokens, outcomes = asyncio.run(run())
+    assert time.monotonic() - started > 3  # it outlived the ttl
+    served = sum(_mock_usage(e)[0] + _mock_usage(e)[1] for e in upstream_log())
+    assert served <= budget, (served, outcomes)
+    assert stream_tokens == LONG_PROMPT + 19
+    assert outcomes == ["refused"] * 10, outcomes
+    # the stream settled at what it used: what it did not use is free again
+    _assert_counted(gw, tenant, budget, stream_tokens)
+
+
+def test_a_stream_client_that_leaves_is_recorded_as_counted(make_gateway: GatewayFactory, tenant: str,
+                                                            upstream_log: Any) -> None:
+    budget = 1000
+    gw = make_gateway(ROUTE, {tenant: {"budgets": {"tokens_per_day": budget}}})
+    client = gw.client(tenant)
+
+    def leave(rid: str, after_finish: bool) -> None:
+        stream = client.chat.completions.create(
+            model="chat", messages=LONG, max_tokens=40, stream=True, stream_options={"include_usage": True},
+            extra_headers={"x-request-id": rid})
+        for i, chunk in enumerate(stream):
+            assert chunk.usage is None  # it leaves before the usage chunk
+            if (chunk.choices and chunk.choices[0].finish_reason) if after_finish else i == 2:
+                break
+        stream.close()  # the usage chunk comes 300 ms after the finish reason
+
+    # Read to the finish reason, then leave: the gateway reads on for the usage (the provider bills it).
+    leave("left-after-finish", after_finish=True)
+    exact = gw.wait_log("left-after-finish")
+    assert exact["client_disconnected"] is True and exact["usage_reported"] is True
+    assert (exact["prompt_tokens"], exact["completion_tokens"]) == (LONG_PROMPT, 19)
+    assert exact["provider"] == "up" and exact["finish_reason"] == "stop"
+    # Leave mid-stream: no usage will come, so the reservation stands as spent, and is what is recorded.
+    leave("left-mid-stream", after_finish=False)
+    cut = gw.wait_log("left-mid-stream")
+    assert cut["client_disconnected"] is True and cut["usage_reported"] is False
+    assert (cut["prompt_tokens"], cut["completion_tokens"]) == (LONG_PROMPT, 40)
+    assert cut["provider"] == "up"
+
+    counted = LONG_PROMPT + 19 + LONG_PROMPT + 40
+    totals = _wait_report(gw, tenant, 2)["totals"]
+    assert totals["requests"] == 2
+    assert totals["prompt_tokens"] + totals["completion_tokens"] == counted
+    assert totals["cost_picousd"] == (2 * LONG_PROMPT * PRICE_IN + (19 + 40) * PRICE_OUT)
+    mock = [_mock_usage(e) for e in upstream_log()]
+    assert sum(p + c for p, c, _ in mock) == counted - (40 - 19)  # the provider's bill, less the unused rest
+    _assert_counted(gw, tenant, budget, counted)
+
+
+def test_a_client_that_times_out_is_recorded_as_counted(make_gateway: GatewayFactory, tenant: str) -> None:
+    budget = 1000
+    gw = make_gateway(ROUTE, {tenant: {"budgets": {"tokens_per_day": budget}}})
+    slow = [{"role": "user", "content": 'answer slowly #mock{"latency_ms": 3000}'}]
+    with pytest.raises(openai.APITimeoutError):
+        gw.client(tenant, timeout=1.0).chat.completions.create(
+            model="chat", messages=slow, max_tokens=50, extra_headers={"x-request-id": "timed-out"})
+    record = gw.wait_log("timed-out")
+    assert record["status"] == 499 and record["client_disconnected"] is True
+    # what the budget holds as spent: the reservation, against the target that was being called
+    assert record["provider"] == "up" and record["usage_reported"] is False
+    prompt = record["prompt_tokens"]
+    assert prompt > 0 and record["completion_tokens"] == 50
+    cost = prompt * PRICE_IN + 50 * PRICE_OUT
+    assert record["cost_usd"] == f"{cost / 10**12:.6f}"
+    totals = _wait_report(gw, tenant, 1)["totals"]
+    assert (totals["requests"], totals["prompt_tokens"], totals["completion_tokens"]) == (1, prompt, 50)
+    assert totals["cost_picousd"] == cost
+    _assert_counted(gw, tenant, budget, prompt + 50)
