@@ -411,3 +411,28 @@ async def test_a_row_the_database_refuses_is_set_aside_and_the_rest_of_its_batch
     (rejected,) = journal_dir.glob(f"*{REJECTED_SUFFIX}")
     kept = json.loads(rejected.read_text())
     assert kept["envelope"]["envelope_id"] == poison["envelope_id"] and kept["envelope"]["prompt_tokens"] == 5000
+
+
+async def test_every_envelope_is_on_disk_within_the_commit_interval_before_the_ledger_has_it(ledger, journal_dir,
+                                                                                            writers):
+    # The ledger insert waits (a long flush interval, a large batch): the journal must not.
+    w = make(writers, ledger, journal_dir, batch_size=5000, flush_interval_s=30, commit_interval_s=0.02)
+    await w.start()
+    sent = [env(i) for i in range(40)]
+    t0 = time.monotonic()
+    for k, e in enumerate(sent):
+        w.submit_fields(fields(e))
+        if k % 10 == 9:
+            await asyncio.sleep(0.005)
+    await eventually(lambda: len(journal_lines(journal_dir)) == 40, timeout_s=5, step_s=0.005)
+    assert time.monotonic() - t0 < 1.0
+    assert sorted(line["envelope_id"] for line in journal_lines(journal_dir)) == sorted(e["envelope_id"] for e in sent)
+    assert await counts(ledger) == (0, 0), "the ledger insert is still waiting for its batch"
+    st = w.stats
+    assert st["committed"] == 40 and 1 <= st["commits"] <= 40 and st["journaled"] == 0
+    await w.flush()
+    assert await counts(ledger) == (40, 40)
+    assert journal_files(journal_dir) == [], "once every row is in the ledger its journal file goes"
+    w.submit(env(99))
+    await w.flush()
+    assert await counts(ledger) == (41, 41) and journal_files(journal_dir) == []
