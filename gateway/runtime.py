@@ -88,7 +88,8 @@ class Gateway:
         tenant_caps = InFlightCaps(None, per_key={name: t.max_in_flight for name, t in settings.tenants.items()
                                                   if t.max_in_flight is not None})
         state = state_store_from_url(settings.storage.state)
-        envelopes = EnvelopeWriter(ledger, settings.resolve_path(settings.storage.journal_dir))
+        envelopes = EnvelopeWriter(ledger, settings.resolve_path(settings.storage.journal_dir),
+                                   commit_interval_s=settings.storage.journal_commit_ms / 1000)
         return cls(settings=settings, providers=providers, ledger=ledger, keys=keys,
                    state=state, limits=Limits(settings, state, metrics), envelopes=envelopes,
                    key_cache=KeyCache(keys, static=env_key_records(settings)), metrics=metrics, notifier=notifier,

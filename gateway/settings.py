@@ -65,8 +65,12 @@ class StorageSettings(_Model):
     # What of a call's bodies its envelope keeps: none (default: prompts may be sensitive),
     # the request, or the request and the (non-streamed) response.
     envelope_bodies: Literal["none", "request", "all"] = "none"
-    # Envelopes wait here when the ledger is unreachable (relative to the config file).
+    # Every envelope is journaled here before the ledger insert, and waits here while the ledger
+    # is unreachable (relative to the config file).
     journal_dir: str = "../.gateway/journal"
+    # The journal's group commit: at most this long between an answered call and its envelope on
+    # disk (fsync'd), so what a crash can lose; one write and one fsync per interval.
+    journal_commit_ms: int = Field(20, ge=1, le=1000)
     # How often the in-memory key cache is refreshed from the ledger; a miss refreshes it too,
     # at most once a second, so a new key works at once and a flood of bad keys costs nothing.
     auth_refresh_s: float = Field(5.0, gt=0)

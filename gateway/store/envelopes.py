@@ -1,17 +1,25 @@
-"""Envelopes to the ledger: off the hot path, in batches, journaled while the database is away.
+"""Envelopes to the ledger: off the hot path, journaled first, then inserted in batches.
 
 `submit()` is all the request path does: the envelope becomes a row and the row one JSON array
 (~10 us, so every request pays for its own and no batch ever holds the event loop), then a deque
-append (or, when the queue is full, one buffered line to the journal). A single writer task takes
-batches of up to `batch_size`, or whatever came within `flush_interval_s`, and inserts each with
-ON CONFLICT (envelope_id) DO NOTHING, so a batch sent twice (a lost commit acknowledgement, a
-journal replayed by two paths) lands once.
+append (or, when the writer already holds `queue_size` envelopes, one buffered line to the journal).
 
-When the ledger fails, the batch goes to the journal (fsync'd) and the writer turns degraded: later
-batches go straight to the journal, and every `retry_interval_s` it pings the ledger; once that
-answers, it replays the journal (its own files and those of dead processes) and writes directly
-again. A row the database itself rejects (a constraint, a bad value) is not an outage: it is set
-aside in the journal's `.rejected` file with the reason, and the rest of its batch goes in.
+The journal's group commit (group_commit.py) takes that deque: on its own thread, at most once per
+`commit_interval_s` (20 ms by default), it appends every row queued since to the journal in one
+write, fsyncs, and only then hands the rows back to this writer. So a crash, even SIGKILL, loses at
+most the envelopes of the last commit interval (and of the write and fsync in progress); the next
+start replays what the journal holds and the ledger lacks. A single writer task takes the
+committed rows in batches of up to `batch_size`, or whatever came within `flush_interval_s`, and
+inserts each with ON CONFLICT (envelope_id) DO NOTHING, so a row sent twice (a lost commit
+acknowledgement, a journal replayed after its rows got in) lands once. Each batch in tells the
+journal, which empties or deletes its files once all their rows are in.
+
+When the ledger fails, the batch's rows are left to the journal (already on disk) and the writer
+turns degraded: later rows are left there at once, and every `retry_interval_s` it pings the
+ledger; once that answers, it replays the journal (its own files and those of dead processes) and
+inserts directly again. A row the database itself rejects (a constraint, a bad value) is not an
+outage: it is set aside in the journal's `.rejected` file with the reason, and the rest of its
+batch goes in. `aclose()` (a clean shutdown) commits, inserts or journals everything: none is lost.
 """
 
 from __future__ import annotations
@@ -24,6 +32,7 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import date, datetime
 from pathlib import Path
 from typing import Any
@@ -41,7 +50,8 @@ from gateway.store.envelope_rows import (
     row_json,
     values_row_json,
 )
-from gateway.store.journal import Journal
+from gateway.store.group_commit import GroupCommitter
+from gateway.store.journal import Journal, Segment
 from gateway.store.ledger import Ledger, LedgerUnavailable
 
 __all__ = ["ENVELOPE_KEYS", "EnvelopeRejected", "EnvelopeWriter", "normalize_envelope"]
@@ -68,6 +78,19 @@ def _jsonable(row: Mapping[str, Any]) -> dict[str, Any]:
     return {k: (v.isoformat() if isinstance(v, datetime | date) else v) for k, v in row.items()}
 
 
+def _no_commit_yet() -> None:
+    """The committer's wake-up before start(): rows wait in the deque for it."""
+
+
+@dataclass(slots=True)
+class _Chunk:
+    """Committed rows on their way to the ledger, and the journal segment that holds them (None if
+    the journal could not take them)."""
+
+    segment: Segment | None
+    rows: list[str]
+
+
 class EnvelopeWriter:
     """The ledger's envelope writer: one per process, started in the app's lifespan."""
 
@@ -80,29 +103,42 @@ class EnvelopeWriter:
         batch_size: int = 256,
         flush_interval_s: float = 0.2,
         retry_interval_s: float = 1.0,
+        commit_interval_s: float = 0.02,
     ) -> None:
-        if queue_size < 1 or batch_size < 1:
-            raise ValueError("queue_size and batch_size must be positive")
+        if queue_size < 1 or batch_size < 1 or commit_interval_s <= 0:
+            raise ValueError("queue_size, batch_size and commit_interval_s must be positive")
         self._ledger = ledger
-        self.journal = Journal(journal_dir)
+        self.journal = Journal(journal_dir, ENVELOPE_KEYS)
         self._queue_size = queue_size
         self._batch_size = batch_size
         self._flush_interval = flush_interval_s
         self._retry_interval = retry_interval_s
+        self._commit_interval = commit_interval_s
         self._backend = ledger.backend
-        # Each queued envelope as its row in JSON (`row_json`): what a batch insert takes as it is.
+        # Each queued envelope as its row in JSON (`row_json`): what the journal and a batch insert
+        # take as it is. Filled on the loop, emptied by the committer's thread.
         self._buf: deque[str] = deque()
+        self._committer: GroupCommitter[Segment] | None = None
+        self._commit_wake = _no_commit_yet
+        self._large_group = 1024  # the committer's: a deque this long makes it commit early
+        self._commit_stopped = False
+        # Committed rows waiting for the ledger insert.
+        self._ready: deque[_Chunk] = deque()
+        self._ready_rows = 0
         # Envelopes that cannot become rows, with the reason, for the journal's .rejected file.
         self._bad: list[dict[str, Any]] = []
         self._wake = asyncio.Event()
         self._progress = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        self._submitted = 0  # envelopes put in the queue
-        self._settled = 0  # of those, now in the database, the journal or the rejected file
+        # Envelopes put in the queue; of those, now in the database, left to the journal, or in the
+        # rejected file. The difference is what this writer holds in memory, bounded by queue_size.
+        self._submitted = 0
+        self._settled = 0
         self._flushing = 0
         self._closing = False
         self._closed = False
         self._degraded = False
+        self.replayed_at_start = False
         self._next_retry = 0.0
         self._next_sweep = 0.0
         self._last_overflow_log = self._last_fail_log = float("-inf")
@@ -117,7 +153,7 @@ class EnvelopeWriter:
             if not envelope.get("envelope_id"):
                 # Assigned before the first write attempt, so every retry and replay carries it.
                 envelope = {**envelope, "envelope_id": uuid.uuid4().hex}
-            if self._closed or len(self._buf) >= self._queue_size:
+            if self._closing or self._submitted - self._settled >= self._queue_size:
                 self._overflow(envelope)
                 return
             self._enqueue(envelope)
@@ -129,7 +165,7 @@ class EnvelopeWriter:
         made straight from the values; the dict only when it cannot be (overflow, a value to convert)."""
         try:
             # (An envelope without its id is not plain either: submit assigns one.)
-            if not self._closed and len(self._buf) < self._queue_size:
+            if not self._closing and self._submitted - self._settled < self._queue_size:
                 row = values_row_json(fields, self._backend)
                 if row is not None:
                     self._queue_row(row)
@@ -151,10 +187,11 @@ class EnvelopeWriter:
 
     def _queue_row(self, row: str) -> None:
         self._submitted += 1
-        self._buf.append(row)
-        n = len(self._buf)
-        if n == 1 or n >= self._batch_size:
-            self._wake.set()
+        buf = self._buf
+        buf.append(row)
+        n = len(buf)
+        if n == 1 or n == self._large_group:
+            self._commit_wake()
 
     def _overflow(self, envelope: dict[str, Any]) -> None:
         try:
@@ -171,7 +208,7 @@ class EnvelopeWriter:
         self._journaled += 1
         self._overflowed += 1
         now = time.monotonic()
-        if now - self._last_overflow_log > 10.0:
+        if now - self._last_overflow_log > 10.0 and not self._closing:
             self._last_overflow_log = now
             log.warning("envelope queue full (%d): overflowing to the journal", self._queue_size)
         if self._closed:
@@ -182,16 +219,25 @@ class EnvelopeWriter:
     # -- lifecycle ---------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Replay journal files left behind (by this or a dead process), then start the writer task.
-
-        A ledger that is down does not fail start(): the writer starts degraded and retries.
+        """Replay journal files left behind (by this or a dead process), then start the group commit
+        and the writer task. Once this returns, every envelope a dead process journaled is in the
+        ledger (`replayed_at_start`), unless the ledger was down: then the writer starts degraded
+        and replays when the ledger is back.
         """
         if self._task is not None:
             return
         loop = asyncio.get_running_loop()
         self._next_sweep = loop.time() + SWEEP_INTERVAL_S
-        if not await self._replay(own_only=False):
+        self.replayed_at_start = await self._replay(own_only=False)
+        if not self.replayed_at_start:
             self._enter_degraded("the journal replay at start failed")
+        committer = GroupCommitter(self._buf, self.journal.commit, self._on_committed, loop,
+                                   self._commit_interval, large_group=self._large_group)
+        self._committer = committer
+        committer.start()
+        self._commit_wake = committer.wake
+        if self._buf:
+            committer.wake()
         self._task = loop.create_task(self._run(), name="gateway-envelope-writer")
         self._task.add_done_callback(self._writer_done)
 
@@ -199,10 +245,11 @@ class EnvelopeWriter:
         """Return once everything submitted so far is in the database or (fsync'd) in the journal."""
         target = self._submitted
         if self._settled < target:
-            if self._task is None:
+            if self._task is None or self._committer is None:
                 raise RuntimeError("EnvelopeWriter.flush() before start()")
             self._flushing += 1
             try:
+                self._committer.commit_now()
                 self._wake.set()
                 while self._settled < target and not self._task.done():
                     self._progress.clear()
@@ -212,14 +259,19 @@ class EnvelopeWriter:
         await self.journal.sync()
 
     async def aclose(self) -> None:
-        """Drain the queue (to the database, or the journal if it is down), stop, release the journal."""
+        """Commit and drain everything (to the database, or the journal if it is down), stop, release
+        the journal. Envelopes submitted from now on go to the journal, for the next start."""
         if self._closed:
             return
         self._closing = True
         self._wake.set()
-        task = self._task
-        if task is not None:
-            # The writer exits once the queue is empty; a cancelled aclose() still lets it finish.
+        task, committer = self._task, self._committer
+        if task is not None and committer is not None:
+            # Everything queued is committed and handed over before the thread ends; the writer
+            # exits once it is all in. A cancelled aclose() still lets both finish.
+            await asyncio.shield(asyncio.to_thread(committer.stop))
+            self._commit_stopped = True
+            self._wake.set()
             await asyncio.shield(task)
         else:
             # Never started: nothing to write with, so everything goes to the journal.
@@ -232,8 +284,9 @@ class EnvelopeWriter:
 
     @property
     def stats(self) -> dict[str, Any]:
+        c = self._committer
         return {
-            "queued": len(self._buf),
+            "queued": self._submitted - self._settled,
             "written": self._written,
             "journaled": self._journaled,
             "replayed": self._replayed,
@@ -241,9 +294,25 @@ class EnvelopeWriter:
             "degraded": self._degraded,
             "overflowed": self._overflowed,
             "rejected": self._rejected,
+            "committed": c.committed if c is not None else 0,
+            "commits": c.commits if c is not None else 0,
+            "commit_errors": c.errors if c is not None else 0,
         }
 
     # -- the writer task ---------------------------------------------------------------------------
+
+    def _on_committed(self, segment: Segment | None, rows: list[str]) -> None:
+        """On the loop: the committer has these rows on disk (segment), or failed to (None)."""
+        if segment is not None and self._degraded:
+            # The ledger is down: the journal keeps them until the replay.
+            self.journal.abandon(segment)
+            self._journaled += len(rows)
+            self._settled += len(rows)
+            self._progress.set()
+            return
+        self._ready.append(_Chunk(segment, rows))
+        self._ready_rows += len(rows)
+        self._wake.set()
 
     def _writer_done(self, task: asyncio.Task[None]) -> None:
         self._progress.set()  # wakes flush() waiters if the writer ever ends
@@ -257,7 +326,7 @@ class EnvelopeWriter:
                 await self._set_aside_bad()
                 if batch:
                     await self._persist(batch)
-                if self._closing and not self._buf:
+                if self._closing and self._commit_stopped and not self._ready:
                     await self._final_replay()
                     return
                 await self._maintain()
@@ -288,18 +357,33 @@ class EnvelopeWriter:
             return False
         return True
 
-    async def _next_batch(self) -> list[str]:
-        buf = self._buf
-        if not buf:
-            if self._closing or not await self._wait_wake(self._idle_timeout()) or not buf:
+    async def _next_batch(self) -> list[_Chunk]:
+        if not self._ready:
+            if self._closing and self._commit_stopped:
+                return []
+            if not await self._wait_wake(self._idle_timeout()) or not self._ready:
                 return []
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._flush_interval
-        while len(buf) < self._batch_size and not self._urgent():
+        while self._ready_rows < self._batch_size and not self._urgent():
             remaining = deadline - loop.time()
             if remaining <= 0 or not await self._wait_wake(remaining):
                 break
-        return [buf.popleft() for _ in range(min(self._batch_size, len(buf)))]
+        return self._take(self._batch_size)
+
+    def _take(self, n: int) -> list[_Chunk]:
+        """Up to n committed rows, in order, as chunks (the last one split off if need be)."""
+        ready, out = self._ready, []
+        while ready and n > 0:
+            chunk = ready[0]
+            if len(chunk.rows) <= n:
+                out.append(ready.popleft())
+            else:
+                out.append(_Chunk(chunk.segment, chunk.rows[:n]))
+                chunk.rows = chunk.rows[n:]
+            n -= len(out[-1].rows)
+            self._ready_rows -= len(out[-1].rows)
+        return out
 
     async def _normalize(self, batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
         rows: list[dict[str, Any]] = []
@@ -329,19 +413,42 @@ class EnvelopeWriter:
             if bad:
                 self._progress.set()
 
-    async def _persist(self, batch: list[str]) -> None:
+    async def _persist(self, batch: list[_Chunk]) -> None:
+        items = [row for chunk in batch for row in chunk.rows]
         try:
             if not self._degraded:
                 try:
-                    self._written += await self._insert_items(batch)
-                    return
+                    self._written += await self._insert_items(items)
                 except Exception as e:
                     self._db_errors += 1
                     self._enter_degraded(e)
-            await self._journal_rows([row_from_json(item) for item in batch])
+                else:
+                    await self._settle(batch)
+                    return
+            await self._leave_to_journal(batch)
         finally:
-            self._settled += len(batch)
+            self._settled += len(items)
             self._progress.set()
+
+    async def _settle(self, batch: list[_Chunk]) -> None:
+        """Tell the journal these rows are in: it empties or deletes the files that held them."""
+        done: list[Segment] = []
+        for chunk in batch:
+            if chunk.segment is not None:
+                done += self.journal.settle(chunk.segment, len(chunk.rows))
+        if done:
+            await asyncio.to_thread(self.journal.delete, done)
+
+    async def _leave_to_journal(self, batch: list[_Chunk]) -> None:
+        """The ledger cannot take these rows now: the journal keeps them for the replay."""
+        unjournaled: list[str] = []
+        for chunk in batch:
+            if chunk.segment is None:
+                unjournaled += chunk.rows
+            else:
+                self.journal.abandon(chunk.segment)
+                self._journaled += len(chunk.rows)
+        await self._journal_rows([row_from_json(item) for item in unjournaled])
 
     async def _journal_rows(self, rows: list[dict[str, Any]]) -> None:
         if not rows:

@@ -1,14 +1,28 @@
-"""The local append-only journal: where envelopes wait while the ledger cannot take them.
+"""The local append-only journal: every envelope is on disk here before the ledger has it.
 
-JSON lines, one envelope per line, in one file per process (`<host>-<pid>-<start ms>-<seq>.jsonl`)
-inside a 0700 directory. The owning process holds an exclusive `flock` on its file for as long as
-the file exists, so a replay (by any process) takes exactly the files whose owner is gone or
-done: a live process's file cannot be locked, a dead process's lock died with it.
+JSON lines in files (segments) of one process each (`<host>-<pid>-<start ms>-<seq>.jsonl`) inside
+a 0700 directory. The owning process holds an exclusive `flock` on each of its files for as
+long as the file exists, so a replay (by any process) takes exactly the files whose owner is gone
+or done: a live process's file cannot be locked, a dead process's lock died with it.
 
-Two ways in:
-- `append()`: a batch, written and fsync'd in a worker thread; the writer's degraded path.
-- `append_nowait()`: one envelope, a buffered write handed to the OS on the calling thread with no
-  fsync; the hot path's overflow when the writer's queue is full. `sync()` makes those durable.
+Three ways in:
+- `commit()`: the group commit (see group_commit.py): a list of rows as `row_json` made them (JSON
+  arrays in the ledger's column order), one write and one fsync, on the committer's thread. The
+  first row array of a file follows a header line naming the columns, so a replay by a later
+  version (with another column list) still maps every value to its column.
+- `append()`: envelopes (dicts), written and fsync'd in a worker thread.
+- `append_nowait()`: one envelope (a dict), a buffered write handed to the OS on the calling thread
+  with no fsync; the hot path's overflow when the writer holds too much. `sync()` makes it durable.
+The appended lines are held nowhere else: they go to a segment of their own (the spill), which a
+replay takes whole, so it never sends the committed rows again.
+
+What happens to a line afterwards is the writer's to say. `settle()`: its rows are in the ledger.
+`abandon()`: some rows of the segment are held nowhere else now (the ledger was down): the file
+must be replayed before it may go. A segment is deleted as soon as every row in it is in the
+ledger; one that grows past MAX_SEGMENT_BYTES is retired for a fresh one first. Rows go into the
+ledger in the order they were committed, so the rows already in it that are still on disk are all
+in the oldest segment: while the ledger keeps up, the journal holds the rows not yet in the ledger
+plus at most MAX_SEGMENT_BYTES (and one commit). Abandoned segments wait for a replay.
 
 `replay()` hands the lines back in batches to an insert callback and deletes each file once all of
 it is in; an insert that fails leaves the file for the next replay (the insert is idempotent, so
@@ -71,13 +85,23 @@ def _safe_host() -> str:
     return re.sub(r"[^A-Za-z0-9._-]", "_", socket.gethostname())[:64] or "host"
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)
 class _Held:
-    """An own journal file: open for appending and reading, exclusively locked."""
+    """A journal file open and exclusively locked by this process: one of its own segments (open
+    for appending and reading), or another process's file taken for replay."""
 
     path: Path
     file: IO[bytes]
-    lines: int = 0
+    rows: int = 0  # lines written to it
+    inserted: int = 0  # of those, settled by the writer (in the ledger, or set aside)
+    size: int = 0  # bytes written to it
+    header: bool = False  # the column header is written (row arrays may follow)
+    abandoned: bool = False  # it holds lines no one holds in memory: replayed before it goes
+    gone: bool = False  # deleted (replayed, or every row in the ledger)
+
+
+# What `commit()` returns: the segment the rows went to, for `settle()` and `abandon()`.
+Segment = _Held
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,17 +111,33 @@ class ReplayResult:
     skipped_lines: int  # unparseable lines (kept in a .rejected file)
 
 
-class Journal:
-    """One process's journal in `directory`; also the replayer of every other process's leftovers."""
+# The key of a segment's header line: {"journal_columns": [...]} names the values of its row arrays.
+HEADER_KEY = "journal_columns"
+# A segment past this size is retired for a fresh one (and deleted once all its rows are in the ledger).
+MAX_SEGMENT_BYTES = 8 * 1024 * 1024
 
-    def __init__(self, directory: Path) -> None:
+
+class Journal:
+    """One process's journal in `directory`; also the replayer of every other process's leftovers.
+
+    `columns` names the values of the row arrays given to `commit()` (the ledger's column order).
+    """
+
+    def __init__(self, directory: Path, columns: Sequence[str] = (), *,
+                 max_segment_bytes: int = MAX_SEGMENT_BYTES) -> None:
         self.directory = Path(directory)
         self._base = f"{_safe_host()}-{os.getpid()}-{int(time.time() * 1000)}"
         self._seq = 0
-        # Guards _current and writes to it: appends run in worker threads and on the loop thread.
+        self._header = orjson.dumps({HEADER_KEY: list(columns)}, option=orjson.OPT_APPEND_NEWLINE)
+        self._max_segment = max_segment_bytes
+        # Guards the segment lists, their counts and every write: commits run on the committer's
+        # thread, appends in worker threads and on the loop thread, settlements on the loop thread.
         self._lock = threading.Lock()
-        self._current: _Held | None = None
-        # Own files taken out of service for replay but not yet fully replayed: still locked by us.
+        self._current: _Held | None = None  # where group commits go
+        self._spill: _Held | None = None  # where appends go: lines held nowhere else, for a replay
+        # Own segments retired while some of their rows were still on their way to the ledger.
+        self._draining: list[_Held] = []
+        # Own segments with abandoned lines, out of service, waiting for a replay: still locked by us.
         self._sealed: list[_Held] = []
         self._write_failed = False
         self._dir_ready = False
@@ -114,16 +154,23 @@ class Journal:
             os.chmod(self.directory, 0o700)
         self._dir_ready = True
 
+    def _own(self) -> list[_Held]:
+        return [*self._sealed, *self._draining, *(h for h in (self._spill, self._current) if h is not None)]
+
     def own_paths(self) -> list[Path]:
-        held = [h.path for h in self._sealed]
-        cur = self._current
-        return [*held, cur.path] if cur is not None else held
+        with self._lock:
+            return [h.path for h in self._own()]
 
     @property
     def pending(self) -> bool:
-        """True when this process has journal lines not yet replayed."""
+        """True when this process has abandoned journal lines not yet replayed."""
         cur = self._current
-        return bool(self._sealed) or (cur is not None and cur.lines > 0)
+        return bool(self._sealed) or self._spill is not None or (cur is not None and cur.abandoned)
+
+    def disk_bytes(self) -> int:
+        """Bytes in this process's journal files."""
+        with self._lock:
+            return sum(h.size for h in self._own())
 
     # -- writing -----------------------------------------------------------------------------------
 
@@ -146,11 +193,27 @@ class Journal:
                 pass
             f.close()
 
-    def _write_locked(self, data: bytes, count: int) -> _Held:
-        # Called with self._lock held.
+    def _segment_locked(self) -> _Held:
+        """The segment for a commit (with self._lock held): the current one, or a fresh one when it
+        grew past the size bound (the old one is deleted once all its rows are in the ledger)."""
         cur = self._current
+        if cur is not None and cur.size >= self._max_segment:
+            self._current = None
+            (self._sealed if cur.abandoned else self._draining).append(cur)
+            cur = None
         if cur is None:
             cur = self._current = self._open_new()
+        return cur
+
+    def _spill_locked(self) -> _Held:
+        """The segment for an append (with self._lock held)."""
+        if self._spill is None:
+            self._spill = self._open_new()
+            self._spill.abandoned = True
+        return self._spill
+
+    def _write_locked(self, cur: _Held, data: bytes, count: int) -> None:
+        # Called with self._lock held.
         if self._write_failed:
             # The last write may have left half a line: end it so it spoils only itself.
             data = b"\n" + data
@@ -161,13 +224,26 @@ class Journal:
             self._write_failed = True
             raise
         self._write_failed = False
-        cur.lines += count
+        cur.rows += count
+        cur.size += len(data)
+
+    def commit(self, rows: Sequence[str]) -> Segment:
+        """Append row arrays (`row_json` texts) in one write and fsync them: the group commit, on the
+        committer's thread. Returns their segment. Raises OSError if the disk refuses."""
+        body = ("\n".join(rows) + "\n").encode()
+        with self._lock:
+            cur = self._segment_locked()
+            self._write_locked(cur, body if cur.header else self._header + body, len(rows))
+            cur.header = True
+            fd, sync_dir = self._dup_for_sync(cur.file)
+        self._fsync_dup(fd, sync_dir)
         return cur
 
     def _append_sync(self, lines: bytes, count: int) -> None:
         with self._lock:
-            held = self._write_locked(lines, count)
-            fd, sync_dir = self._dup_for_sync(held.file)
+            cur = self._spill_locked()
+            self._write_locked(cur, lines, count)
+            fd, sync_dir = self._dup_for_sync(cur.file)
         self._fsync_dup(fd, sync_dir)
 
     def _dup_for_sync(self, file: Any) -> tuple[int, bool]:
@@ -196,21 +272,22 @@ class Journal:
             os.close(fd)
 
     async def append(self, envelopes: Sequence[dict[str, Any]]) -> None:
-        """Append a batch and fsync it (in a worker thread). Raises OSError if the disk refuses."""
+        """Append envelopes and fsync them (in a worker thread); they wait for a replay. Raises OSError."""
         if not envelopes:
             return
         data = b"".join(encode(e) for e in envelopes)
         await asyncio.to_thread(self._append_sync, data, len(envelopes))
 
     def append_nowait(self, envelope: dict[str, Any]) -> None:
-        """Append one envelope on the calling thread: a buffered write, no fsync. Raises OSError."""
+        """Append one envelope on the calling thread: a buffered write, no fsync; it waits for a
+        replay. Raises OSError."""
         data = encode(envelope)
         with self._lock:
-            self._write_locked(data, 1)
+            self._write_locked(self._spill_locked(), data, 1)
 
-    def _sync_current(self) -> None:
+    def _sync_spill(self) -> None:
         with self._lock:
-            cur = self._current
+            cur = self._spill
             if cur is None:
                 return
             fd, sync_dir = self._dup_for_sync(cur.file)
@@ -218,22 +295,57 @@ class Journal:
 
     async def sync(self) -> None:
         """fsync what `append_nowait()` wrote."""
-        await asyncio.to_thread(self._sync_current)
+        await asyncio.to_thread(self._sync_spill)
+
+    # -- what became of committed rows ---------------------------------------------------------------
+
+    def settle(self, segment: Segment, count: int) -> list[Segment]:
+        """`count` rows of `segment` are in the ledger (or set aside). Returns the segment when that
+        was the last of its rows, taken out of service, for `delete()` (off the event loop: unlinking
+        a large file takes time); the next commit starts a new one."""
+        with self._lock:
+            segment.inserted += count
+            if segment.abandoned or segment.inserted < segment.rows:
+                return []
+            if segment is self._current:
+                self._current = None
+            elif segment in self._draining:
+                self._draining.remove(segment)
+            else:
+                return []
+            segment.gone = True
+            return [segment]
+
+    def abandon(self, segment: Segment) -> None:
+        """Some rows of `segment` are held nowhere else now: keep it until a replay has them in."""
+        with self._lock:
+            if segment.gone:  # replayed meanwhile: its rows are in the ledger
+                return
+            segment.abandoned = True
+            if segment in self._draining:
+                self._draining.remove(segment)
+                self._sealed.append(segment)
+
+    def delete(self, segments: Iterable[Segment]) -> None:
+        for h in segments:
+            self._finish_file(h)
 
     def close(self) -> None:
-        """Release this process's files (fsync'd), leaving any unreplayed lines for a later replay."""
+        """Release this process's files: those whose rows are all in the ledger are deleted, the rest
+        fsync'd and left for a later replay."""
         with self._lock:
-            held = [*self._sealed, *([self._current] if self._current is not None else [])]
-            self._sealed, self._current = [], None
+            held = self._own()
+            self._sealed, self._draining, self._current, self._spill = [], [], None, None
         for h in held:
             try:
-                if h.lines == 0 and h.file.seek(0, os.SEEK_END) == 0:
+                if not h.abandoned and h.inserted >= h.rows:
                     h.path.unlink(missing_ok=True)
                 else:
                     os.fsync(h.file.fileno())
             except OSError as e:
                 log.warning("journal %s: closing: %s", h.path.name, e)
             finally:
+                h.gone = True
                 h.file.close()  # releases the lock
 
     # -- replay ------------------------------------------------------------------------------------
@@ -241,9 +353,12 @@ class Journal:
     def _seal_current(self) -> None:
         with self._lock:
             cur = self._current
-            if cur is not None and cur.lines > 0:
+            if cur is not None and cur.abandoned:
                 self._current = None
                 self._sealed.append(cur)
+            if self._spill is not None:
+                self._sealed.append(self._spill)
+                self._spill = None
 
     def _take_foreign(self) -> list[_Held]:
         """Lock every other *.jsonl file that no live process holds."""
@@ -270,9 +385,8 @@ class Journal:
         return taken
 
     async def replay(self, insert: ReplayInsert, *, batch_size: int = 256, own_only: bool = False) -> ReplayResult:
-        """Replay this process's lines, then (unless own_only) every unlocked file left by others.
-
-        Stops at the first failing insert and re-raises it; what is not replayed stays on disk.
+        """Replay this process's abandoned lines, then (unless own_only) every unlocked file left by
+        others. Stops at the first failing insert and re-raises it; what is not replayed stays on disk.
         """
         self._seal_current()
         total = files = skipped = 0
@@ -280,7 +394,8 @@ class Journal:
             held = self._sealed[0]
             n, s = await self._replay_file(held, insert, batch_size)
             total, skipped, files = total + n, skipped + s, files + 1
-            self._sealed.pop(0)
+            with self._lock:
+                self._sealed.remove(held)
         if own_only:
             return ReplayResult(total, files, skipped)
         foreign = await asyncio.to_thread(self._take_foreign)
@@ -312,6 +427,7 @@ class Journal:
 
     def _finish_file(self, held: _Held) -> None:
         # Unlink before unlocking: once the lock is gone nobody must find the file again.
+        held.gone = True
         held.path.unlink(missing_ok=True)
         held.file.close()
 
@@ -345,6 +461,27 @@ class _LineReader:
         self._reject = reject
         self.skipped = 0
         self._lineno = 0
+        self._columns: list[str] | None = None
+
+    def _parse(self, line: bytes) -> dict[str, Any] | None:
+        """The envelope on a line: an object, or a row array named by the file's last header line
+        (itself None). Raises ValueError."""
+        obj = orjson.loads(line)
+        if isinstance(obj, list):
+            if self._columns is None:
+                raise ValueError("a row before any column header")
+            if len(obj) != len(self._columns):
+                raise ValueError(f"{len(obj)} values for {len(self._columns)} columns")
+            return dict(zip(self._columns, obj, strict=True))
+        if not isinstance(obj, dict):
+            raise ValueError("not an object")
+        columns = obj.get(HEADER_KEY)
+        if columns is not None and len(obj) == 1:
+            if not isinstance(columns, list) or not all(isinstance(c, str) for c in columns):
+                raise ValueError("a column header without column names")
+            self._columns = columns
+            return None
+        return obj
 
     def read(self, n: int) -> list[dict[str, Any]]:
         out: list[dict[str, Any]] = []
@@ -359,9 +496,9 @@ class _LineReader:
             if not line:
                 continue
             try:
-                obj = orjson.loads(line)
-                if not isinstance(obj, dict):
-                    raise ValueError("not an object")
+                obj = self._parse(line)
+                if obj is None:
+                    continue
             except ValueError as e:
                 self.skipped += 1
                 what = "torn last line (a crash mid-write)" if torn else f"unreadable line ({e})"

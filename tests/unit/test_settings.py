@@ -84,3 +84,15 @@ def test_config_path_precedence() -> None:
     assert str(config_path_from("a.yaml", {"GATEWAY_CONFIG": "b.yaml"})) == "a.yaml"
     assert str(config_path_from(None, {"GATEWAY_CONFIG": "b.yaml"})) == "b.yaml"
     assert str(config_path_from(None, {})) == "config/gateway.yaml"
+
+
+@pytest.mark.parametrize("value", ["0", "1001", "'soon'"])
+def test_the_journal_commit_interval_is_bounded(tmp_path: Path, value: str) -> None:
+    path = _write(tmp_path, f"storage: {{journal_commit_ms: {value}}}\n", None)
+    with pytest.raises(ConfigError) as info:
+        load_settings(path, env={})
+    assert "gateway.yaml: storage.journal_commit_ms: " in str(info.value) and "\n" not in str(info.value)
+    path.write_text("storage: {journal_commit_ms: 5}\n")
+    assert load_settings(path, env={}).storage.journal_commit_ms == 5
+    path.write_text("{}\n")
+    assert load_settings(path, env={}).storage.journal_commit_ms == 20

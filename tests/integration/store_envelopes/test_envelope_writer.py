@@ -14,7 +14,7 @@ from sqlalchemy import func, select, text
 
 from gateway.store.envelope_rows import ENVELOPE_FIELDS
 from gateway.store.envelopes import EnvelopeWriter
-from gateway.store.journal import REJECTED_SUFFIX, SUFFIX
+from gateway.store.journal import HEADER_KEY, REJECTED_SUFFIX, SUFFIX
 from gateway.store.schema import envelopes
 
 T0 = datetime(2025, 5, 1, 12, 0, tzinfo=UTC)
@@ -69,7 +69,22 @@ def journal_files(d: Path) -> list[Path]:
 
 
 def journal_lines(d: Path) -> list[dict]:
-    return [json.loads(line) for f in journal_files(d) for line in f.read_text().splitlines() if line.strip()]
+    """Every envelope in the journal files: object lines as they are, row arrays (the group commit's
+    lines) named by their file's column header."""
+    out = []
+    for f in journal_files(d):
+        columns = None
+        for line in f.read_text().splitlines():
+            if not line.strip():
+                continue
+            obj = json.loads(line)
+            if isinstance(obj, dict) and HEADER_KEY in obj:
+                columns = obj[HEADER_KEY]
+            elif isinstance(obj, list):
+                out.append(dict(zip(columns, obj, strict=True)))
+            else:
+                out.append(obj)
+    return out
 
 
 @pytest.fixture
@@ -274,7 +289,9 @@ async def test_a_full_queue_overflows_to_the_journal_and_still_lands(ledger, jou
         w.submit(e)
     st = w.stats
     assert st["queued"] == 10 and st["overflowed"] == 190 and st["journaled"] == 190
-    assert len(journal_lines(journal_dir)) == 190
+    # The overflow is in the journal at once (the queued ten reach it with their group commit).
+    journaled_ids = [line["envelope_id"] for line in journal_lines(journal_dir)]
+    assert {e["envelope_id"] for e in sent[10:]} <= set(journaled_ids) and len(journaled_ids) in (190, 200)
     await w.flush()
     await eventually(lambda: _all_in(ledger, sent), timeout_s=10)
     assert await counts(ledger) == (200, 200)
@@ -397,3 +414,28 @@ async def test_a_row_the_database_refuses_is_set_aside_and_the_rest_of_its_batch
     (rejected,) = journal_dir.glob(f"*{REJECTED_SUFFIX}")
     kept = json.loads(rejected.read_text())
     assert kept["envelope"]["envelope_id"] == poison["envelope_id"] and kept["envelope"]["prompt_tokens"] == 5000
+
+
+async def test_every_envelope_is_on_disk_within_the_commit_interval_before_the_ledger_has_it(ledger, journal_dir,
+                                                                                            writers):
+    # The ledger insert waits (a long flush interval, a large batch): the journal must not.
+    w = make(writers, ledger, journal_dir, batch_size=5000, flush_interval_s=30, commit_interval_s=0.02)
+    await w.start()
+    sent = [env(i) for i in range(40)]
+    t0 = time.monotonic()
+    for k, e in enumerate(sent):
+        w.submit_fields(fields(e))
+        if k % 10 == 9:
+            await asyncio.sleep(0.005)
+    await eventually(lambda: len(journal_lines(journal_dir)) == 40, timeout_s=5, step_s=0.005)
+    assert time.monotonic() - t0 < 1.0
+    assert sorted(line["envelope_id"] for line in journal_lines(journal_dir)) == sorted(e["envelope_id"] for e in sent)
+    assert await counts(ledger) == (0, 0), "the ledger insert is still waiting for its batch"
+    st = w.stats
+    assert st["committed"] == 40 and 1 <= st["commits"] <= 40 and st["journaled"] == 0
+    await w.flush()
+    assert await counts(ledger) == (40, 40)
+    assert journal_files(journal_dir) == [], "once every row is in the ledger its journal file goes"
+    w.submit(env(99))
+    await w.flush()
+    assert await counts(ledger) == (41, 41) and journal_files(journal_dir) == []

@@ -240,3 +240,137 @@ async def test_anything_in_a_dict_can_be_journaled(tmp_path):
     assert got["huge"] == float(2**70) and got["when"] == "2025-01-01T00:00:00+00:00" and got["tags"] == ["x"]
     assert got["obj"].startswith("<object object")
     j.close()
+
+
+# -- the group commit's rows: committed, settled, retired, abandoned ----------------------------------
+
+COLUMNS = ("envelope_id", "request_id", "prompt_tokens")
+
+
+def _row(i: int) -> str:
+    return json.dumps([f"e{i:04d}", f"r{i}", i])
+
+
+def _lines(path) -> list:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+async def test_commit_writes_a_column_header_then_row_arrays_that_a_replay_names(tmp_path):
+    j = Journal(tmp_path, COLUMNS)
+    seg = j.commit([_row(0), _row(1)])
+    j.commit([_row(2)])
+    (path,) = _jsonl(tmp_path)
+    assert _lines(path) == [{"journal_columns": list(COLUMNS)}, ["e0000", "r0", 0], ["e0001", "r1", 1],
+                            ["e0002", "r2", 2]]
+    assert (seg.rows, seg.inserted) == (3, 0) and not j.pending, "committed rows are held in memory too"
+    j.close()  # as a crash would: rows not known to be in the ledger stay on disk
+    sink = Sink()
+    res = await Journal(tmp_path).replay(sink)
+    assert sink.rows == [{"envelope_id": f"e{i:04d}", "request_id": f"r{i}", "prompt_tokens": i} for i in range(3)]
+    assert res.envelopes == 3 and _jsonl(tmp_path) == []
+
+
+async def test_a_replay_names_values_by_the_header_of_the_version_that_wrote_them(tmp_path):
+    # Written by a version with another column order and a column this one does not know.
+    (tmp_path / f"old-1-1-0001{SUFFIX}").write_text(
+        json.dumps({"journal_columns": ["request_id", "gone_column", "envelope_id"]}) + "\n"
+        + json.dumps(["r1", 5, "e0001"]) + "\n"
+        + json.dumps(["too", "few"]) + "\n"
+        + json.dumps({"journal_columns": ["envelope_id", "request_id"]}) + "\n"
+        + json.dumps(["e0002", "r2"]) + "\n"
+        + json.dumps(_env(3)) + "\n"
+    )
+    j = Journal(tmp_path)
+    sink = Sink()
+    res = await j.replay(sink)
+    assert sink.rows == [{"request_id": "r1", "gone_column": 5, "envelope_id": "e0001"},
+                         {"envelope_id": "e0002", "request_id": "r2"}, _env(3)]
+    assert res.skipped_lines == 1
+    j.close()
+
+
+async def test_a_segment_goes_once_all_its_rows_are_settled_and_the_next_commit_starts_another(tmp_path):
+    j = Journal(tmp_path, COLUMNS)
+    a = j.commit([_row(0), _row(1)])
+    assert j.settle(a, 1) == []
+    assert len(_jsonl(tmp_path)) == 1
+    done = j.settle(a, 1)
+    assert done == [a]
+    j.delete(done)
+    assert _jsonl(tmp_path) == [] and j.disk_bytes() == 0
+    b = j.commit([_row(2)])
+    assert b is not a and len(_jsonl(tmp_path)) == 1
+    assert _lines(_jsonl(tmp_path)[0])[0] == {"journal_columns": list(COLUMNS)}
+    j.delete(j.settle(b, 1))
+    j.close()
+    assert list(tmp_path.iterdir()) == []
+
+
+async def test_a_large_segment_is_retired_and_the_journal_stays_bounded_while_rows_get_in(tmp_path):
+    j = Journal(tmp_path, COLUMNS, max_segment_bytes=1000)
+    in_flight = []
+    for i in range(200):
+        in_flight.append((j.commit([_row(i)]), 1))
+        # The ledger keeps up four commits behind; each settlement may free a retired segment.
+        if len(in_flight) > 4:
+            seg, n = in_flight.pop(0)
+            j.delete(j.settle(seg, n))
+        # The stated bound: the rows not yet in (four), one segment's size and one commit, a header a file.
+        header = len(json.dumps({"journal_columns": COLUMNS}, separators=(",", ":"))) + 1
+        bound = 1000 + (4 + 1) * (len(_row(i)) + 1) + 2 * header
+        assert j.disk_bytes() <= bound, "rows in the ledger do not pile up on disk"
+        assert sum(p.stat().st_size for p in _jsonl(tmp_path)) == j.disk_bytes()
+        assert len(_jsonl(tmp_path)) <= 2
+    for seg, n in in_flight:
+        j.delete(j.settle(seg, n))
+    assert _jsonl(tmp_path) == []
+    j.close()
+
+
+async def test_abandoned_rows_stay_for_a_replay_and_settled_ones_are_not_sent_again(tmp_path):
+    j = Journal(tmp_path, COLUMNS, max_segment_bytes=60)
+    first = j.commit([_row(0), _row(1)])  # 1 header + 2 rows: past 60 bytes, retired at the next commit
+    second = j.commit([_row(2)])
+    assert first is not second
+    j.delete(j.settle(first, 1))  # one of the first two is in the ledger...
+    j.abandon(first)  # ...the other's insert failed: the ledger is down
+    j.abandon(second)
+    assert j.pending and len(_jsonl(tmp_path)) == 2
+    sink = Sink()
+    await j.replay(sink, own_only=True)
+    assert sorted(r["envelope_id"] for r in sink.rows) == ["e0000", "e0001", "e0002"]
+    assert _jsonl(tmp_path) == [] and not j.pending
+    j.abandon(first)  # a late failure report for rows already replayed changes nothing
+    assert not j.pending
+    j.close()
+
+
+async def test_close_keeps_what_is_not_all_in_for_the_next_start(tmp_path):
+    j = Journal(tmp_path, COLUMNS)
+    j.commit([_row(0)])
+    j.close()
+    assert len(_jsonl(tmp_path)) == 1
+    j2 = Journal(tmp_path, COLUMNS)
+    seg = j2.commit([_row(1)])
+    j2.commit([_row(2)])
+    j2.settle(seg, 1)
+    j2.close()
+    assert len(_jsonl(tmp_path)) == 2
+    sink = Sink()
+    await Journal(tmp_path).replay(sink)
+    assert [r["envelope_id"] for r in sink.rows] == ["e0000", "e0001", "e0002"]
+
+
+async def test_appends_go_to_a_spill_of_their_own_so_a_replay_leaves_committed_rows_alone(tmp_path):
+    j = Journal(tmp_path, COLUMNS)
+    seg = j.commit([_row(0)])
+    j.append_nowait(_env(1))
+    await j.append([_env(2)])
+    assert len(_jsonl(tmp_path)) == 2 and j.pending
+    sink = Sink()
+    await j.replay(sink, own_only=True)
+    assert [r["envelope_id"] for r in sink.rows] == ["e0001", "e0002"]
+    assert not j.pending and len(_jsonl(tmp_path)) == 1, "the committed row's segment is still live"
+    j.delete(j.settle(seg, 1))
+    assert _jsonl(tmp_path) == []
+    j.close()
