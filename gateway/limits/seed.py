@@ -43,6 +43,8 @@ _log = logging.getLogger("gateway.limits")
 # After a failed ledger query, seeding is not tried again for this long: requests that need it are
 # refused (or served unchecked) per limits.on_state_error at once instead of each waiting on the ledger.
 RETRY_AFTER_FAILURE_S = 1.0
+# Requests wait for a seeding at most this long (writing this process's queued envelopes, then the query).
+SEED_TIMEOUT_S = 5.0
 
 Column = Literal["tenant", "key_id", "feature", "route"]
 
@@ -193,16 +195,17 @@ class LedgerSeeder:
 
     async def _query(self, scopes: frozenset[Scope], today: date) -> dict[Scope, Spend]:
         try:
-            if self._before_query is not None:
-                await self._before_query()
-            if self._ready is not None and not self._ready():
-                raise LedgerUnavailable("journaled envelopes are not replayed into the ledger yet")
-            self.queries += 1
-            spend = await ledger_spend(self._ledger, scopes, self._tenants, today)
-        except LedgerUnavailable as e:
+            async with asyncio.timeout(SEED_TIMEOUT_S):
+                if self._before_query is not None:
+                    await self._before_query()
+                if self._ready is not None and not self._ready():
+                    raise LedgerUnavailable("journaled envelopes are not replayed into the ledger yet")
+                self.queries += 1
+                spend = await ledger_spend(self._ledger, scopes, self._tenants, today)
+        except (LedgerUnavailable, TimeoutError) as e:
             self._failed_until = time.monotonic() + RETRY_AFTER_FAILURE_S
             _log.error("budget counters not seeded from the ledger", extra={"fields": {"error": str(e)[:300]}})
-            raise StateUnavailable(f"budget counters cannot be seeded: {e}") from e
+            raise StateUnavailable(f"budget counters cannot be seeded: {e or 'the ledger timed out'}") from e
         _log.info("budget counters seeded from the ledger", extra={"fields": {"scopes": len(scopes)}})
         return spend
 

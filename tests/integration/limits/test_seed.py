@@ -3,6 +3,8 @@ budgets count (tokens in + out, exact pico-dollars), per tenant, key, feature an
 
 from __future__ import annotations
 
+import asyncio
+import os
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -12,12 +14,16 @@ import pytest
 import yaml
 
 from gateway.limits.plan import build_plan
-from gateway.limits.seed import budget_counters, seed_memory
+from gateway.limits.seed import LedgerSeeder, budget_counters, seed_memory
 from gateway.settings import Settings, load_settings
 from gateway.store.envelopes import EnvelopeWriter
 from gateway.store.ledger import Ledger
+from gateway.store.state.base import StateUnavailable
 from gateway.store.state.memory import MemoryStateStore
+from gateway.store.state.redis import RedisStateStore
+from tests.integration.store_state.conftest import REDIS_URL, delete_prefix, require_redis
 from tests.support.pg import fresh_postgres_url, require_postgres
+from tests.support.processes import free_port
 
 NOW = datetime(2026, 11, 15, 12, 0, tzinfo=UTC).timestamp()
 TODAY = datetime(2026, 11, 15, 0, 0, 1, tzinfo=UTC)
@@ -49,13 +55,13 @@ def _settings(tmp_path: Path) -> Settings:
     (tmp_path / "policies").mkdir(exist_ok=True)
     config = {"providers": {"m": {"kind": "mock"}},
               "routes": {"chat": {"targets": [{"provider": "m", "model": "x"}],
-                                  "budget": {"tokens_per_day": 10**9, "usd_per_day": 1000}},
+                                  "budget": {"tokens_per_day": 10**9, "usd_per_day": 100000}},
                          "other": {"targets": [{"provider": "m", "model": "x"}]}}}
     tenants = {"tenants": {
-        "acme": {"budgets": {"tokens_per_day": 10**9, "tokens_per_month": 10**9, "usd_per_day": 1000,
+        "acme": {"budgets": {"tokens_per_day": 10**9, "tokens_per_month": 10**9, "usd_per_day": 100000,
                              "usd_per_month": 100000},
                  "rate_limits": {"requests_per_minute": 1000},
-                 "keys": {"key_a": {"budgets": {"tokens_per_day": 10**9, "usd_per_month": 1000}}},
+                 "keys": {"key_a": {"budgets": {"tokens_per_day": 10**9, "usd_per_month": 100000}}},
                  "features": {"summarize": {"budgets": {"tokens_per_month": 10**9}}}},
         "beta": {},  # no budget of its own; its calls still count for the route's
     }}
@@ -155,3 +161,47 @@ async def test_an_empty_ledger_and_a_config_without_budgets(ledger: Ledger, tmp_
         "providers: {m: {kind: mock}}\nroutes: {chat: {targets: [{provider: m, model: x}]}}\n")
     bare = load_settings(tmp_path / "config" / "gateway.yaml", env={})
     assert budget_counters(bare) == [] and await seed_memory(MemoryStateStore(), bare, ledger, now=NOW) == 0
+
+
+async def test_redis_seeder_asks_the_ledger_once_for_many_requests(ledger: Ledger, tmp_path: Path) -> None:
+    settings = _settings(tmp_path)
+    await _fill(ledger, tmp_path)
+    require_redis()
+    prefix = f"gwtest:{os.urandom(6).hex()}:"
+    store = RedisStateStore(REDIS_URL, prefix=prefix)
+    try:
+        store.seeder = seeder = LedgerSeeder(settings, ledger)
+        plan = build_plan(settings, "acme", "key_a", "summarize", "chat", settings.routes["chat"])
+        tenant_group, route_group = (g.buckets(10, 0) for g in plan.groups)
+        decisions = await asyncio.gather(*(store.reserve(f"r{i}", tenant_group, 60, now=NOW) for i in range(30)))
+        assert all(d.ok for d in decisions)
+        assert seeder.queries == 1
+        usage = await store.usage(tenant_group, now=NOW)
+        assert usage["tenant:acme.tokens_per_day"] == 205 + 30 * 10
+        assert usage["tenant:acme:key:key_a.usd_per_month"] == 2 * BIG + 1
+        assert (await store.reserve("route", route_group, 60, now=NOW)).ok  # the route's group: a query of its own
+        assert seeder.queries == 2 and (await store.usage(route_group, now=NOW))["route:chat.tokens_per_day"] == 248
+    finally:
+        await store.aclose()
+        await delete_prefix(prefix)
+
+
+async def test_a_ledger_that_cannot_answer_fails_the_seeding_and_is_not_asked_again_at_once(tmp_path: Path) -> None:
+    settings = _settings(tmp_path)
+    require_redis()
+    prefix = f"gwtest:{os.urandom(6).hex()}:"
+    store = RedisStateStore(REDIS_URL, prefix=prefix)
+    down = Ledger.from_url(f"postgresql://postgres@127.0.0.1:{free_port()}/nothing")
+    try:
+        store.seeder = seeder = LedgerSeeder(settings, down)
+        plan = build_plan(settings, "acme", None, None, "chat", settings.routes["chat"])
+        group = plan.groups[0].buckets(10, 0)
+        for _ in range(3):
+            with pytest.raises(StateUnavailable, match="cannot be seeded"):
+                await store.reserve("r", group, 60, now=NOW)
+        assert seeder.queries == 1
+        assert (await store.usage(group, now=NOW))["tenant:acme.tokens_per_day"] == 0  # nothing held
+    finally:
+        await store.aclose()
+        await down.aclose()
+        await delete_prefix(prefix)
