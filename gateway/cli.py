@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 import click
 
 from gateway.netsock import listening_socket
-from gateway.settings import ConfigError, Settings, config_path_from, load_settings
+from gateway.settings import ConfigError, Settings, check_workers, config_path_from, load_settings
 
 T = TypeVar("T")
 
@@ -124,6 +124,11 @@ def serve(config_path: str | None, host: str | None, port: int | None, workers: 
     host = host or settings.server.host
     port = settings.server.port if port is None else port
     workers = workers or settings.server.workers
+    try:
+        check_workers(settings, workers, flag=workers != settings.server.workers)
+    except ConfigError as e:
+        click.echo(f"gateway: config error: {e}", err=True)
+        sys.exit(2)
     first_key = _run(_prepare_ledger)(settings, host)
     sock = _bind(host, port)
     url = f"http://{host if ':' not in host else f'[{host}]'}:{sock.getsockname()[1]}"

@@ -9,6 +9,7 @@ import time
 from dataclasses import dataclass, field
 
 from gateway.deadlines import Deadlines
+from gateway.limits.seed import start_seeding
 from gateway.limits.stage import Limits
 from gateway.malloc import trim_periodically
 from gateway.observability.logging import AccessLog, LogPipeline
@@ -104,7 +105,9 @@ class Gateway:
         for provider in self.providers.values():
             await provider.start()
         await self.notifier.start()
-        await self.envelopes.start()
+        await self.envelopes.start()  # replays the journals left behind: their spend must be seeded too
+        await start_seeding(self.state, self.settings, self.ledger, before_query=self.envelopes.flush,
+                            replayed=lambda: not self.envelopes.stats["degraded"])
         try:
             await self.key_cache.refresh()
         except Exception as e:  # the ledger may be down: env keys still work, the loop retries

@@ -412,7 +412,7 @@ def load_settings(config_path: Path | str, env: Mapping[str, str] | None = None)
 
     pricing = _load_pricing(base_dir, cfg)
     admin_key = env.get("GATEWAY_ADMIN_KEY") or None
-    return Settings(
+    settings = Settings(
         config_path=file,
         base_dir=base_dir,
         server=cfg.server,
@@ -426,6 +426,38 @@ def load_settings(config_path: Path | str, env: Mapping[str, str] | None = None)
         env_keys=tuple(env_keys),
         admin_key=admin_key,
     )
+    check_workers(settings, settings.server.workers)
+    return settings
+
+
+def _scope_limited(budgets: BudgetSettings, rates: RateLimitSettings) -> bool:
+    return any(v is not None for v in (*budgets.model_dump().values(), *rates.model_dump().values()))
+
+
+def has_limits(settings: Settings) -> bool:
+    """True when any budget or rate limit is configured: a tenant's, a key's, a feature's, a route's."""
+    for tenant in settings.tenants.values():
+        if _scope_limited(tenant.budgets, tenant.rate_limits) or any(
+                _scope_limited(s.budgets, s.rate_limits) for s in (*tenant.keys.values(), *tenant.features.values())):
+            return True
+    return any(v is not None for r in settings.routes.values() for v in r.budget.model_dump().values())
+
+
+def check_workers(settings: Settings, workers: int, *, flag: bool = False) -> None:
+    """Several worker processes on the in-process state store would each keep their own counters,
+    multiplying every budget and rate limit by the number of workers: refused whenever any is set.
+    (A tenant's max_in_flight is per process on any store, Redis included: not a reason to refuse.)"""
+    if workers <= 1 or settings.storage.state != "memory" or not has_limits(settings):
+        return
+    fix = ("set storage.state: redis://... so the workers share one set of counters "
+           f"(or run {'--workers 1' if flag else 'server.workers: 1'})")
+    if flag:
+        raise ConfigError(settings.config_path, "storage.state",
+                          f"memory state cannot be shared by --workers {workers}: each worker would keep its own "
+                          f"budget and rate-limit counters; {fix}")
+    raise ConfigError(settings.config_path, "server.workers",
+                      f"{workers} workers on storage.state: memory would each keep their own budget and rate-limit "
+                      f"counters; {fix}")
 
 
 def _load_pricing(base_dir: Path, cfg: FileConfig) -> Pricing:

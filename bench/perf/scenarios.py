@@ -51,7 +51,8 @@ BASE: list[Scenario] = [
     Scenario("stream", "gateway: default, streaming", stream=True),
     Scenario("redis", "gateway: redis state", state="redis"),
     Scenario("postgres", "gateway: postgresql ledger", ledger="postgresql"),
-    Scenario("workers", "gateway: {workers} workers", multi_worker=True),
+    # Several workers need shared counters: on memory state with limits set, `serve` refuses them.
+    Scenario("workers", "gateway: {workers} workers, redis state", state="redis", multi_worker=True),
 ]
 
 # ---- EXTENSION POINT: rows later stages add (cache hit, semantic lookup, PII scan, tracing) -------------------------

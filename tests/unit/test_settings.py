@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.settings import ConfigError, config_path_from, load_settings
+from gateway.settings import ConfigError, check_workers, config_path_from, load_settings
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -96,3 +96,51 @@ def test_the_journal_commit_interval_is_bounded(tmp_path: Path, value: str) -> N
     assert load_settings(path, env={}).storage.journal_commit_ms == 5
     path.write_text("{}\n")
     assert load_settings(path, env={}).storage.journal_commit_ms == 20
+
+
+_ONE_ROUTE = "routes: {r: {targets: [{provider: m, model: x}]}}\nproviders: {m: {kind: mock}}\n"
+
+
+@pytest.mark.parametrize("tenants", [
+    "tenants: {acme: {budgets: {tokens_per_day: 2000}}}\n",
+    "tenants: {acme: {rate_limits: {requests_per_minute: 40}}}\n",
+    "tenants: {acme: {keys: {key_0123456789abcdef: {budgets: {usd_per_month: 5}}}}}\n",
+    "tenants: {acme: {features: {summarize: {rate_limits: {tokens_per_minute: 100}}}}}\n",
+])
+def test_several_workers_on_memory_state_with_limits_are_refused(tmp_path: Path, tenants: str) -> None:
+    path = _write(tmp_path, "server: {workers: 2}\n" + _ONE_ROUTE, tenants)
+    with pytest.raises(ConfigError) as info:
+        load_settings(path, env={})
+    text = str(info.value)
+    assert "gateway.yaml: server.workers: 2 workers on storage.state: memory" in text, text
+    assert "storage.state: redis://..." in text and "\n" not in text
+
+
+def test_a_route_budget_alone_refuses_several_memory_workers(tmp_path: Path) -> None:
+    path = _write(tmp_path, "server: {workers: 3}\nroutes: {r: {targets: [{provider: m, model: x}], "
+                            "budget: {usd_per_day: 1}}}\nproviders: {m: {kind: mock}}\n")
+    with pytest.raises(ConfigError, match=r"server\.workers: 3 workers"):
+        load_settings(path, env={})
+
+
+@pytest.mark.parametrize(("config", "tenants"), [
+    # no limit anywhere: nothing to multiply (a tenant's max_in_flight is per process on any store)
+    ("server: {workers: 2}\n" + _ONE_ROUTE, "tenants: {acme: {max_in_flight: 4}}\n"),
+    # shared counters
+    ("server: {workers: 2}\nstorage: {state: 'redis://127.0.0.1:6379/0'}\n" + _ONE_ROUTE,
+     "tenants: {acme: {budgets: {tokens_per_day: 2000}, rate_limits: {requests_per_minute: 40}}}\n"),
+    # one worker
+    (_ONE_ROUTE, "tenants: {acme: {budgets: {tokens_per_day: 2000}}}\n"),
+])
+def test_workers_allowed_when_nothing_is_multiplied(tmp_path: Path, config: str, tenants: str) -> None:
+    assert load_settings(_write(tmp_path, config, tenants), env={}).tenants["acme"]
+
+
+def test_the_workers_flag_is_checked_like_the_key(tmp_path: Path) -> None:
+    settings = load_settings(_write(tmp_path, _ONE_ROUTE, "tenants: {acme: {budgets: {tokens_per_day: 2}}}\n"),
+                             env={})
+    check_workers(settings, 1, flag=True)
+    with pytest.raises(ConfigError) as info:
+        check_workers(settings, 2, flag=True)
+    assert "gateway.yaml: storage.state: memory state cannot be shared by --workers 2" in str(info.value)
+    assert "storage.state: redis://..." in str(info.value)

@@ -204,3 +204,12 @@ def state_store_from_url(url: str) -> StateStore:
         rest = urlunsplit(parts._replace(query=urlencode([(k, v) for k, v in query if k != "key_prefix"])))
         return RedisStateStore(rest, prefix=prefixes[-1])
     raise ValueError(f"unsupported state URL {url.split('://')[0]!r} (use 'memory' or redis://)")
+
+
+class SeedValue(NamedTuple):
+    """What the ledger says a period counter already spent (see gateway.limits.seed)."""
+
+    hash_tag: str
+    key: str  # the bucket's key, e.g. "tenant:acme:tokens_per_day"
+    period: Literal["day", "month"]
+    units: int  # in [0, MAX_PERIOD_UNITS]

@@ -37,6 +37,7 @@ from gateway.store.state.base import (
     Bucket,
     CheckedBuckets,
     Decision,
+    SeedValue,
     check_actual,
     check_buckets,
     check_reserve_args,
@@ -466,6 +467,18 @@ class MemoryStateStore:
         self._done.clear()
         self._grace.clear()
         self._due = math.inf
+
+    def seed(self, values: Sequence[SeedValue], now: float | None = None) -> None:
+        """Each value's current day or month counter becomes the larger of what it counts and the
+        value (what the ledger says was already spent): at start-up, so a restart forgets no spend."""
+        if now is None:
+            now = time.time()
+        for tag, key, period, units in values:
+            span = span_at(period, now)
+            ident = (tag, key, span.stamp)
+            c = self._counter(ident, now) or self._new_counter(ident, span.expires_at, now)
+            if units > c.used:
+                c.used = units
 
     # -- holds kept by their caller: the same counters, without reservation ids ----------------
 

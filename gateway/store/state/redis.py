@@ -13,6 +13,11 @@ so in Redis Cluster they live in one slot. Layout, with prefix P (default "gw:")
 A live call refreshes its hold (`refresh`): the record's "~hold" and each held member's score move
 to the new expiry, so a purge does not take it while the call runs.
 
+With a seeder (gateway.limits.seed), a period counter's holds set also carries the member
+"~seeded" (score +inf, so no purge takes it) once the counter was seeded from the ledger; a reserve
+that finds a current period counter without it (a new period, or a Redis that lost its data)
+changes nothing and asks the client to seed it first (see `_SEED`).
+
 <stamp> is the UTC day (20261130), month (202611) or minute since the epoch (29178420); periods.py
 names it from the caller's clock, as it does for every expiry, so the scripts never read Redis's
 TIME and behave exactly as the memory store does. Counters get PEXPIRE a little after their
@@ -34,7 +39,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 from redis.asyncio import BlockingConnectionPool, Redis
@@ -44,6 +49,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from gateway.store.state.base import (
+    MAX_PERIOD_UNITS,
     Bucket,
     Decision,
     StateUnavailable,
@@ -112,10 +118,11 @@ end
 # ARGV: rid, now, hold expiry, record expiry, record ttl ms; then one string per bucket (one argument
 #   instead of eight: redis-py spends more encoding arguments than Lua spends splitting them):
 #   "kind|limit|amount|headroom|rem_ms|key ttl ms|stamp|record field" with kind 'p' or 'w' and
-#   headroom = limit - amount (or -1).
+#   headroom = limit - amount (or -1); kind 's' is a period bucket whose counter must have been seeded.
 # Returns {status, failed bucket (1-based) or 0, cur1, prev1, cur2, prev2, ...} with status 1 (checked,
 # and held unless failed), 2 (this id already holds these buckets: nothing changed), -1 (id already
-# settled), -2 (id holds other buckets).
+# settled), -2 (id holds other buckets); or {3, 0, i, j, ...}: buckets i, j (1-based) are not seeded,
+# nothing changed.
 _RESERVE = (
     _PRELUDE
     + r"""
@@ -124,14 +131,20 @@ local nowf = tonumber(now)
 local rec = KEYS[1]
 local n = #ARGV - 5
 local B = {}
+local unseeded = nil
 local at = 1
 for i = 1, n do
   local kind, limit, amount, headroom, rem, ttl, stamp, field =
     string.match(ARGV[5 + i], '^(%a)|(%d+)|(%d+)|(%-?%d+)|(%d+)|(%d+)|([^|]*)|(.*)$')
   B[i] = {window = kind == 'w', limit = limit, amount = amount, headroom = headroom, rem = rem, ttl = ttl,
           stamp = stamp, field = field, k = at}
+  if kind == 's' and (not redis.call('ZSCORE', KEYS[at + 2], '~seeded') or redis.call('EXISTS', KEYS[at + 1]) == 0) then
+    unseeded = unseeded or {3, 0}
+    unseeded[#unseeded + 1] = i
+  end
   at = at + ((kind == 'w') and 4 or 2)
 end
+if unseeded then return unseeded end
 
 local held = false
 local r = redis.call('HGETALL', rec)
@@ -320,6 +333,31 @@ end
 return 1
 """
 
+# KEYS: per counter its count and its holds. ARGV: per counter "units|ttl ms".
+# A counter not seeded yet (no "~seeded" holds member, or no count) becomes the larger of its count and
+# the units, and is marked; one already seeded (by another replica, a moment before) is left alone.
+# The larger, not the sum: settlements of calls made before Redis lost its data may have counted
+# already, and the ledger may count them too.
+_SEED = (
+    _PRELUDE
+    + r"""
+local seeded = 0
+for i = 1, #KEYS / 2 do
+  local c, z = KEYS[2 * i - 1], KEYS[2 * i]
+  local units, ttl = string.match(ARGV[i], '^(%d+)|(%d+)$')
+  if not redis.call('ZSCORE', z, '~seeded') or redis.call('EXISTS', c) == 0 then
+    local cur = count(c)
+    if le(units, cur) then units = cur end
+    redis.call('SET', c, units, 'PX', ttl)
+    redis.call('ZADD', z, '+inf', '~seeded')
+    redis.call('PEXPIRE', z, ttl)
+    seeded = seeded + 1
+  end
+end
+return seeded
+"""
+)
+
 # KEYS: per bucket current count, current holds, previous count, previous holds. ARGV: now, then
 # per bucket its kind. Returns {cur1, prev1, cur2, prev2, ...}.
 _USAGE = (
@@ -347,8 +385,15 @@ def _describe(e: BaseException) -> str:
     return f"{type(e).__name__}: {msg[:200]}" if msg else type(e).__name__
 
 
+# (hash tag, the unseeded buckets, now) -> what each already spent this period, from the ledger.
+Seeder = Callable[[str, Sequence[Bucket], float], Awaitable[list[int]]]
+# A reserve that still finds unseeded counters after this many seedings gives up (StateUnavailable).
+_SEED_ROUNDS = 3
+
+
 class RedisStateStore:
-    __slots__ = ("_client", "_refresh", "_reserve", "_settle", "_usage", "done_ttl_s", "prefix", "settle_grace_s")
+    __slots__ = ("_client", "_refresh", "_reserve", "_seed", "_settle", "_usage", "done_ttl_s", "prefix", "seeder",
+                 "settle_grace_s")
     in_process = False
 
     def __init__(
@@ -387,6 +432,10 @@ class RedisStateStore:
         self._settle = self._client.register_script(_SETTLE)
         self._refresh = self._client.register_script(_REFRESH)
         self._usage = self._client.register_script(_USAGE)
+        self._seed = self._client.register_script(_SEED)
+        # Set by the gateway (gateway.limits.seed): period counters missing in Redis are then seeded
+        # from the ledger before anything is reserved on them. Without one they start at zero.
+        self.seeder: Seeder | None = None
 
     def __repr__(self) -> str:
         kw = self._client.connection_pool.connection_kwargs
@@ -438,13 +487,23 @@ class RedisStateStore:
             repr(record_exp),
             key_ttl_ms(record_exp, now),
         ]
+        period_kind = "p" if self.seeder is None else "s"
         for b, s in zip(buckets, slots, strict=True):
             args.append(
-                f"{'w' if b.kind == 'window' else 'p'}|{b.limit}|{b.amount}|{max(-1, b.limit - b.amount)}|{s.rem_ms}|"
-                f"{key_ttl_ms(s.expires_at, now)}|{s.stamp}|{b.key}"
+                f"{'w' if b.kind == 'window' else period_kind}|{b.limit}|{b.amount}|{max(-1, b.limit - b.amount)}|"
+                f"{s.rem_ms}|{key_ttl_ms(s.expires_at, now)}|{s.stamp}|{b.key}"
             )
-        res = await self._run(self._reserve, self._reserve_keys(tag, reservation_id, buckets, slots), args)
+        keys = self._reserve_keys(tag, reservation_id, buckets, slots)
+        res = await self._run(self._reserve, keys, args)
         status = int(res[0])
+        rounds = 0
+        while status == 3:  # rare: a new period, or Redis lost its counters
+            rounds += 1
+            if rounds > _SEED_ROUNDS:
+                raise StateUnavailable("state store (redis): budget counters keep disappearing; not seeded")
+            await self._seed_counters(tag, [int(i) - 1 for i in res[2:]], buckets, slots, now)
+            res = await self._run(self._reserve, keys, args)
+            status = int(res[0])
         if status == -1:
             raise ValueError(f"reservation id {reservation_id!r} was already settled or released")
         if status == -2:
@@ -452,6 +511,21 @@ class RedisStateStore:
         counts = [(int(res[i]), int(res[i + 1])) for i in range(2, 2 + 2 * len(buckets), 2)]
         failed = int(res[1]) - 1 if int(res[1]) else None
         return decide(buckets, slots, counts, failed, status == 2)
+
+    async def _seed_counters(self, tag: str, missing: list[int], buckets: Sequence[Bucket], slots: Sequence[Slot],
+                             now: float) -> None:
+        """Seed the current counters of buckets[missing] with what the seeder says they already spent."""
+        assert self.seeder is not None
+        chosen = [buckets[i] for i in missing]
+        units = await self.seeder(tag, chosen, now)
+        base = f"{self.prefix}{{{tag}}}:"
+        keys: list[str] = []
+        args: list[str | int] = []
+        for i, n in zip(missing, units, strict=True):
+            counter = f"{base}c:{buckets[i].key}:{slots[i].stamp}"
+            keys += (counter, counter + ":z")
+            args.append(f"{max(0, min(n, MAX_PERIOD_UNITS))}|{key_ttl_ms(slots[i].expires_at, now)}")
+        await self._run(self._seed, keys, args)
 
     async def settle(
         self, reservation_id: str, buckets: Sequence[Bucket], actual: Mapping[str, int], now: float | None = None
