@@ -89,10 +89,12 @@ class Gateway:
                                                   if t.max_in_flight is not None})
         state = state_store_from_url(settings.storage.state)
         envelopes = EnvelopeWriter(ledger, settings.resolve_path(settings.storage.journal_dir))
+        limits = Limits(settings, state, metrics)
         return cls(settings=settings, providers=providers, ledger=ledger, keys=keys,
-                   state=state, limits=Limits(settings, state, metrics), envelopes=envelopes,
+                   state=state, limits=limits, envelopes=envelopes,
                    key_cache=KeyCache(keys, static=env_key_records(settings)), metrics=metrics, notifier=notifier,
-                   breakers=breakers, bulkheads=bulkheads, router=Router(providers, breakers, bulkheads),
+                   breakers=breakers, bulkheads=bulkheads,
+                   router=Router(providers, breakers, bulkheads, counter=limits.counter),
                    ingress_caps=InFlightCaps(settings.server.max_in_flight),
                    admin_caps=InFlightCaps(settings.server.admin_max_in_flight), tenant_caps=tenant_caps)
 
@@ -122,5 +124,6 @@ class Gateway:
         await self.notifier.aclose()
         await self.envelopes.aclose()  # shutdown flushes: to the ledger, or to the journal
         await self.state.aclose()
+        self.limits.counter.close()
         await self.ledger.aclose()
         await self.deadlines.aclose()

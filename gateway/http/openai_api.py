@@ -20,6 +20,7 @@ from gateway.http.dispatch import Inbound, JSONReply
 from gateway.http.ingress import CALL_KEY
 from gateway.http.sse import SSEResponse
 from gateway.http.validation import parse_json_object, validate_chat, validate_embeddings
+from gateway.limits.offload import INLINE_MAX_BYTES, EstimatorBusy
 from gateway.limits.stage import Hold
 from gateway.limits.tokens import count_messages
 from gateway.pipeline.auth import authenticate
@@ -75,6 +76,7 @@ async def _begin(inbound: Inbound, kind: str) -> tuple[Gateway, Call, dict[str, 
         call.feature = feature[:128]
     raw = await inbound.body()
     body = parse_json_object(raw)
+    call.body_bytes = len(raw)
     if gw.settings.storage.envelope_bodies != "none":
         call.request_body = raw.decode("utf-8", "replace")
     return gw, call, body
@@ -158,7 +160,8 @@ class _Relay:
         await stream.aclose()
         call.model_served = stream.translator.served_model
         call.finish_reason = stream.translator.finish_reason
-        call.usage = stream.usage if stream.usage.reported else _estimate(self.body, stream.usage, call.target_model)
+        call.usage = stream.usage if stream.usage.reported else await _estimate(
+            self.gw, call, self.body, stream.usage)
         # A stream cut short (client gone, provider broken) may have been billed for what it
         # generated; unless the provider reported usage, the reservation stands as spent.
         await self.gw.limits.settle(self.hold, stream.usage if stream.usage.reported else None, call.provider,
@@ -170,10 +173,18 @@ def _stream_error(exc: GatewayError) -> bytes:
                                    "code": exc.error_code}})
 
 
-def _estimate(body: dict[str, Any], usage: Usage, model: str | None) -> Usage:
-    """A provider that reports no usage for a stream: the prompt side is counted here."""
-    return Usage(prompt_tokens=count_messages(body.get("messages") or (), model or "gpt-4o"),
-                 completion_tokens=usage.completion_tokens, reported=False)
+async def _estimate(gw: Gateway, call: Call, body: dict[str, Any], usage: Usage) -> Usage:
+    """A provider that reports no usage for a stream: the prompt side is counted here (a large prompt
+    off the loop; when the pool stays busy, the reservation's estimate stands in)."""
+    messages, model = body.get("messages") or (), call.target_model or "gpt-4o"
+    if call.body_bytes <= INLINE_MAX_BYTES:
+        prompt = count_messages(messages, model)
+    else:
+        try:
+            prompt = await gw.limits.counter.run(count_messages, messages, model)
+        except EstimatorBusy:
+            prompt = call.prompt_estimate or 0
+    return Usage(prompt_tokens=prompt, completion_tokens=usage.completion_tokens, reported=False)
 
 
 async def embeddings(inbound: Inbound) -> JSONReply:

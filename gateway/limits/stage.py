@@ -20,6 +20,7 @@ from typing import Any
 from gateway.errors import BadRequest, GatewayError, RateLimited, ServiceUnavailable
 from gateway.ids import random_hex
 from gateway.limits.estimate import estimate_embeddings, estimate_prompt
+from gateway.limits.offload import INLINE_MAX_BYTES, OffLoopCounter
 from gateway.limits.plan import GroupPlan, PlanCache
 from gateway.observability.metrics import Metrics
 from gateway.pipeline.context import Call
@@ -99,6 +100,7 @@ class Limits:
         self._ttl_s = settings.limits.reservation_ttl_s
         self._estimate_margin = settings.limits.estimate_margin
         self._pricing = settings.pricing
+        self.counter = OffLoopCounter()
 
     def _completion_cap(self, body: dict[str, Any], needs_bound: bool) -> int:
         field_name = "max_completion_tokens" if "max_completion_tokens" in body else "max_tokens"
@@ -141,7 +143,10 @@ class Limits:
     async def reserve(self, call: Call, route: RouteSettings, body: dict[str, Any]) -> Hold | None:
         """Hold what the call may spend on every counter it draws on; the x-ratelimit-* headers go on the Call."""
         plan = self.plans.get(call.tenant, call.key_id, call.feature, call.route or "", route)
-        prompt = self.check_input(call, route, body, plan.targets)
+        if call.body_bytes <= INLINE_MAX_BYTES:
+            prompt = self.check_input(call, route, body, plan.targets)
+        else:  # a large prompt is counted off the loop (see limits/offload.py)
+            prompt = await self.counter.run(self.check_input, call, route, body, plan.targets)
         if plan.empty:
             return None
         completion = self._completion_cap(body, plan.bounded) if call.kind == "chat" else 0

@@ -54,6 +54,7 @@ class Call:
     model_served: str | None = None
     target_model: str | None = None  # the route target's model (what pricing is keyed by)
     prompt_estimate: int | None = None
+    body_bytes: int = 0  # the request body's size: says whether its prompt is counted on the loop
     cost_picousd: int = 0
     # Kept only when the body policy (storage.envelope_bodies) says so.
     request_body: str | None = None

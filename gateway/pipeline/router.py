@@ -37,6 +37,7 @@ from gateway.errors import (
     UpstreamTimeout,
     UpstreamUnavailable,
 )
+from gateway.limits.offload import INLINE_MAX_BYTES, OffLoopCounter
 from gateway.limits.tokens import count_messages
 from gateway.pipeline.context import Attempt, Call
 from gateway.providers.base import ChatResult, ChatStream, EmbeddingsResult, Provider, Usage
@@ -100,8 +101,10 @@ class _State:
 
 class Router:
     def __init__(self, providers: dict[str, Provider], breakers: BreakerRegistry, bulkheads: dict[str, Bulkhead],
-                 rng: random.Random | None = None, clock: Callable[[], float] = time.perf_counter) -> None:
+                 rng: random.Random | None = None, clock: Callable[[], float] = time.perf_counter,
+                 counter: OffLoopCounter | None = None) -> None:
         self.providers = providers
+        self.counter = counter
         self.breakers = breakers
         self.bulkheads = bulkheads
         self.rng = rng or random.Random()
@@ -148,8 +151,12 @@ class Router:
         state = _State(deadline=call.started + route.deadline_s, attempts_left=1 + route.retries)
         budget = None
         if route.token_budget is not None and count_prompt:
-            budget = _TokenBudget(total=route.token_budget,
-                                  prompt=count_messages(body.get("messages") or (), order[0].model))
+            messages = body.get("messages") or ()
+            if call.body_bytes <= INLINE_MAX_BYTES or self.counter is None:
+                prompt = count_messages(messages, order[0].model)
+            else:  # a large prompt is counted off the loop (see limits/offload.py)
+                prompt = await self.counter.run(count_messages, messages, order[0].model)
+            budget = _TokenBudget(total=route.token_budget, prompt=prompt)
         while state.attempts_left > 0:
             attempt_body = body if budget is None else budget.attempt_body(body, call.attempt_count)
             picked = await self._pick(call, order, state)
