@@ -223,7 +223,7 @@ class Router:
                 if ready_at > now:
                     earliest = ready_at if earliest is None else min(earliest, ready_at)
                     continue
-                permit = self.breakers.get(target.key).try_acquire()
+                permit = self.breakers.get(target.key).try_acquire(call.tenant)
                 if permit is None:
                     if target.key not in state.skipped:
                         state.skipped.add(target.key)
