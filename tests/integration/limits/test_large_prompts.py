@@ -17,6 +17,7 @@ import openai
 import pytest
 
 from gateway.limits.estimate import estimate_prompt
+from gateway.limits.tokens import count_messages
 from tests.integration.limits.conftest import GatewayFactory
 
 MIB = 1024 * 1024
@@ -89,3 +90,27 @@ def test_the_off_loop_count_is_the_inline_count(make_gateway: GatewayFactory, te
     with pytest.raises(openai.BadRequestError) as info:
         client.embeddings.create(model="emb", input=[ONE_WORD[:MIB], "hello"])
     assert _counted(info.value) == MIB // 8 + 1
+
+
+def test_the_route_token_budget_and_the_stream_fallback_count_large_prompts_alike(
+        make_gateway: GatewayFactory, tenant: str) -> None:
+    target = [{"provider": "up", "model": "gpt-4o-mini"}]
+    routes = {"budget": {"targets": target, "retries": 0, "token_budget": 10},
+              "chat": {"targets": target, "retries": 0}}
+    gw = make_gateway(routes, {tenant: {}}, server=SERVER)
+    client = gw.client(tenant, timeout=60)
+    messages = [{"role": "user", "content": TEXT[: 200_000]}]
+    with pytest.raises(openai.BadRequestError) as info:
+        client.chat.completions.create(model="budget", messages=messages)
+    assert info.value.code == "token_budget_exceeded"
+    assert f"The prompt ({count_messages(messages, 'gpt-4o-mini')} tokens)" in info.value.message
+    # A stream the provider cuts before its usage: the prompt side is counted by the gateway.
+    cut = [{"role": "user", "content": TEXT[: 200_000] + ' #mock{"fault": "cut:2"}'}]
+    stream = client.chat.completions.with_raw_response.create(
+        model="chat", messages=cut, stream=True, stream_options={"include_usage": True})
+    with pytest.raises(openai.APIError, match="broke the stream"):
+        for _ in stream.parse():
+            pass
+    record = gw.wait_log(stream.headers["x-request-id"])
+    assert record["usage_reported"] is False
+    assert record["prompt_tokens"] == count_messages(cut, "gpt-4o-mini")

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import json
 import time
+from typing import Any
 
 import httpx
 import openai
 import pytest
 
 from tests.integration.resilience.conftest import GatewayFactory, Upstream
+from tests.integration.resilience.test_drills import _webhook_receiver
+from tests.support.gateway import GatewayInstance
 
 HELLO = [{"role": "user", "content": "hello"}]
 POISON = [{"role": "user", "content": "hello #mock" + json.dumps({"status": 500})}]
@@ -31,7 +34,21 @@ def _breaker(gw_url: str, admin_key: str) -> dict:
 def test_one_tenants_poisoned_requests_open_nothing_for_the_others(make_gateway: GatewayFactory,
                                                                    upstreams: tuple[Upstream, Upstream]) -> None:
     primary, _ = upstreams
-    gw = make_gateway(SOLO, tenants=TENANTS)
+    received: list[dict[str, Any]] = []
+    hook = _webhook_receiver(received)
+    try:
+        gw = make_gateway(SOLO, tenants=TENANTS, resilience={"webhook_url": hook.url})
+        _poison_one_tenant(gw, primary)
+        deadline = time.monotonic() + 5
+        while not received and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert [(m["breaker"]["tenant"], m["breaker"]["to"]) for m in received] == [("evil", "open")]
+        assert f"{TARGET} for tenant evil is now open" in received[0]["text"]
+    finally:
+        hook.stop()
+
+
+def _poison_one_tenant(gw: GatewayInstance, primary: Upstream) -> None:
     evil, good = gw.client("evil"), gw.client("good")
     codes = []
     for _ in range(8):
