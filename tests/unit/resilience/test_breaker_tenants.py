@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import pytest
+
 from gateway.resilience.breaker import BreakerConfig, BreakerRegistry, BreakerState, CircuitBreaker, Transition
+from gateway.runtime import tenants_per_target
+from gateway.settings import ConfigError, load_settings
 
 TARGET = "openai/gpt-4o"
 CONFIG = BreakerConfig(window_s=30, min_requests=10, failure_rate=0.5, consecutive_failures=5, cooldown_s=15,
@@ -192,3 +198,22 @@ def test_calls_without_a_tenant_share_one_breaker() -> None:
         call(breaker, None, False)
     # No tenant to attribute the failures to: nothing trips, nothing is shed (a model call always has one).
     assert breaker.state is BreakerState.CLOSED
+
+
+def test_min_tenants_is_configured_and_checked(tmp_path: Path) -> None:
+    (tmp_path / "config").mkdir()
+    (tmp_path / "policies").mkdir()
+    path = tmp_path / "config" / "gateway.yaml"
+    path.write_text("resilience: {breaker: {min_tenants: 0}}\n")
+    with pytest.raises(ConfigError) as info:
+        load_settings(path, env={})
+    assert "gateway.yaml: resilience.breaker.min_tenants: " in str(info.value) and "\n" not in str(info.value)
+    path.write_text("providers: {m: {kind: mock}}\n"
+                    "routes: {r1: {targets: [{provider: m, model: x}, {provider: m, model: y}]},\n"
+                    "         r2: {targets: [{provider: m, model: y}]}}\n"
+                    "resilience: {breaker: {min_tenants: 3}}\n")
+    (tmp_path / "policies" / "tenants.yaml").write_text(
+        "tenants: {a: {routes: [r1]}, b: {routes: [r2]}, c: {routes: ['*']}}\n")
+    settings = load_settings(path, env={})
+    assert settings.resilience.breaker.min_tenants == 3
+    assert tenants_per_target(settings) == {"m/x": 2, "m/y": 3}
