@@ -105,18 +105,27 @@ class Permit:
     def success(self) -> None:
         if not self._done:
             self._done = True
-            self._breaker._complete(self._generation, True, self)
+            if self._own is not None:
+                self._own.success()
+            self._breaker._complete(self._generation, True)
 
     def failure(self) -> None:
         if not self._done:
             self._done = True
-            self._breaker._complete(self._generation, False, self)
+            breaker = self._breaker
+            if self._own is not None:
+                self._own.failure()
+            elif self.tenant is not None and breaker.min_tenants > 1:
+                breaker._tenant_failed(self.tenant)
+            breaker._complete(self._generation, False)
 
     def release(self) -> None:
         """End the call without a health verdict (client cancelled, request-level error)."""
         if not self._done:
             self._done = True
-            self._breaker._complete(self._generation, None, self)
+            if self._own is not None:
+                self._own.release()
+            self._breaker._complete(self._generation, None)
 
 
 class CircuitBreaker:
@@ -210,11 +219,7 @@ class CircuitBreaker:
             self._emit(transition)
         return permit
 
-    def _complete(self, generation: int, ok: bool | None, permit: Permit | None = None) -> None:
-        if permit is not None and (permit._own is not None or (ok is False and self.min_tenants > 1)):
-            self._tenant_outcome(permit, ok)
-        if ok is False:
-            self._failed_mono = self._clock()
+    def _complete(self, generation: int, ok: bool | None) -> None:
         if generation != self._generation:
             return
         cfg = self.config
@@ -224,6 +229,7 @@ class CircuitBreaker:
                 return
             now = self._clock()
             if not ok:
+                self._failed_mono = now
                 self._emit(self._move(_OPEN, "probe failed", now))
                 return
             self._consec_ok += 1
@@ -242,6 +248,7 @@ class CircuitBreaker:
             return
         self._fail[i] += 1
         self._failures += 1
+        self._failed_mono = now
         self._consec_fail += 1
         total = self._total
         if total >= cfg.min_requests and self._failures / total >= cfg.failure_rate:
@@ -257,15 +264,8 @@ class CircuitBreaker:
             reason += f" from {tripped} tenants"
         self._emit(self._move(_OPEN, reason, now))
 
-    def _tenant_outcome(self, permit: Permit, ok: bool | None) -> None:
-        """Record a call's outcome on its tenant's own breaker, made at the tenant's first failure."""
-        own_permit = permit._own
-        if own_permit is not None:
-            (own_permit.release if ok is None else own_permit.success if ok else own_permit.failure)()
-            return
-        tenant = permit.tenant
-        if tenant is None:
-            return
+    def _tenant_failed(self, tenant: str) -> None:
+        """A failure of a tenant that had no breaker of its own here when its call began: it has now."""
         own = self._tenants.get(tenant)
         if own is None:
             own = self._tenants[tenant] = CircuitBreaker(
