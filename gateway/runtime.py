@@ -43,6 +43,16 @@ def _bulkheads(providers: dict[str, Provider]) -> dict[str, Bulkhead]:
     }
 
 
+def tenants_per_target(settings: Settings) -> dict[str, int]:
+    """How many tenants may reach each target (provider/model) through the routes they are allowed."""
+    reach: dict[str, set[str]] = {}
+    for route_name, route in settings.routes.items():
+        allowed = [name for name, tenant in settings.tenants.items() if tenant.allows(route_name)]
+        for target in route.targets:
+            reach.setdefault(target.key, set()).update(allowed)
+    return {key: len(names) for key, names in reach.items()}
+
+
 @dataclass
 class Gateway:
     settings: Settings
@@ -78,23 +88,29 @@ class Gateway:
         def on_transition(t: Transition) -> None:
             fields = {"target": t.target, "from": t.from_state.value, "to": t.to_state.value, "reason": t.reason,
                       "failure_rate": round(t.failure_rate, 4), "window_total": t.window_total}
+            whose = ""
+            if t.tenant is not None:  # a tenant's own breaker: only that tenant is shed
+                fields["tenant"] = t.tenant
+                whose = f" for tenant {t.tenant}"
             _breaker_log.warning("breaker %s", t.to_state.value, extra={"fields": fields})
-            metrics.breaker_changed(t.target, t.to_state.value)
-            notifier.notify(f"gateway: circuit breaker for {t.target} is now {t.to_state.value.replace('_', '-')} "
-                            f"({t.reason})", breaker=fields)
+            metrics.breaker_changed(t.target, t.to_state.value, t.tenant)
+            notifier.notify(f"gateway: circuit breaker for {t.target}{whose} is now "
+                            f"{t.to_state.value.replace('_', '-')} ({t.reason})", breaker=fields)
 
         breakers = BreakerRegistry(BreakerConfig(**settings.resilience.breaker.model_dump()),
-                                   on_transition=on_transition)
+                                   on_transition=on_transition, tenants=tenants_per_target(settings))
         bulkheads = _bulkheads(providers)
         tenant_caps = InFlightCaps(None, per_key={name: t.max_in_flight for name, t in settings.tenants.items()
                                                   if t.max_in_flight is not None})
         state = state_store_from_url(settings.storage.state)
         envelopes = EnvelopeWriter(ledger, settings.resolve_path(settings.storage.journal_dir),
                                    commit_interval_s=settings.storage.journal_commit_ms / 1000)
+        limits = Limits(settings, state, metrics)
         return cls(settings=settings, providers=providers, ledger=ledger, keys=keys,
-                   state=state, limits=Limits(settings, state, metrics), envelopes=envelopes,
+                   state=state, limits=limits, envelopes=envelopes,
                    key_cache=KeyCache(keys, static=env_key_records(settings)), metrics=metrics, notifier=notifier,
-                   breakers=breakers, bulkheads=bulkheads, router=Router(providers, breakers, bulkheads),
+                   breakers=breakers, bulkheads=bulkheads,
+                   router=Router(providers, breakers, bulkheads, counter=limits.counter),
                    ingress_caps=InFlightCaps(settings.server.max_in_flight),
                    admin_caps=InFlightCaps(settings.server.admin_max_in_flight), tenant_caps=tenant_caps)
 
@@ -127,5 +143,6 @@ class Gateway:
         await self.notifier.aclose()
         await self.envelopes.aclose()  # shutdown flushes: to the ledger, or to the journal
         await self.state.aclose()
+        self.limits.counter.close()
         await self.ledger.aclose()
         await self.deadlines.aclose()

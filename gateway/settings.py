@@ -212,6 +212,10 @@ class BreakerSettings(_Model):
     cooldown_s: float = Field(15.0, gt=0)
     half_open_probes: int = Field(2, ge=1)
     success_threshold: int = Field(3, ge=1)
+    # A target shared by tenants opens for all only once this many tenants tripped their own
+    # breakers on it (capped at the number of tenants that may reach the target); until then only
+    # the tenants whose calls fail are shed. See README, Resilience.
+    min_tenants: int = Field(2, ge=1)
 
 
 class ResilienceSettings(_Model):

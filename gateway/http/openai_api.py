@@ -80,6 +80,7 @@ async def _begin(inbound: Inbound, kind: str) -> tuple[Gateway, Call, dict[str, 
         call.feature = feature[:128]
     raw = await inbound.body()
     body = parse_json_object(raw)
+    call.body_bytes = len(raw)
     if gw.settings.storage.envelope_bodies != "none":
         call.request_body = raw.decode("utf-8", "replace")
     return gw, call, body

@@ -31,6 +31,7 @@ from gateway.errors import BadRequest, GatewayError, RateLimited, ServiceUnavail
 from gateway.ids import random_hex
 from gateway.limits.completion import choices, completion_cap
 from gateway.limits.estimate import estimate_embeddings, estimate_prompt
+from gateway.limits.offload import INLINE_MAX_BYTES, OffLoopCounter
 from gateway.limits.plan import GroupPlan, PlanCache
 from gateway.observability.metrics import Metrics
 from gateway.pipeline.context import Call
@@ -113,6 +114,7 @@ class Limits:
         self._pricing = settings.pricing
         # Holds not yet settled -> when they were made or last refreshed (time.time()), oldest first.
         self._live: dict[Hold, float] = {}
+        self.counter = OffLoopCounter()
 
     def _completion_cap(self, body: dict[str, Any], needs_bound: bool) -> int:
         """What the call may generate: n choices, each up to the larger completion field (a provider
@@ -155,7 +157,10 @@ class Limits:
     async def reserve(self, call: Call, route: RouteSettings, body: dict[str, Any]) -> Hold | None:
         """Hold what the call may spend on every counter it draws on; the x-ratelimit-* headers go on the Call."""
         plan = self.plans.get(call.tenant, call.key_id, call.feature, call.route or "", route)
-        prompt = self.check_input(call, route, body, plan.targets)
+        if call.body_bytes <= INLINE_MAX_BYTES:
+            prompt = self.check_input(call, route, body, plan.targets)
+        else:  # a large prompt is counted off the loop (see limits/offload.py)
+            prompt = await self.counter.run(self.check_input, call, route, body, plan.targets)
         if plan.empty:
             return None
         completion = self._completion_cap(body, plan.bounded) if call.kind == "chat" else 0

@@ -40,6 +40,13 @@ class Metrics:
                                            ["target", "to_state"], registry=r)
         self.breaker_state = Gauge("gateway_breaker_state", "Breaker state: 0 closed, 1 half-open, 2 open.",
                                    ["target"], registry=r)
+        # A tenant's own breaker on a shared target: only that tenant is shed while it is open.
+        self.tenant_breaker_transitions = Counter(
+            "gateway_tenant_breaker_transitions", "Transitions of a tenant's own breaker on a shared target.",
+            ["target", "tenant", "to_state"], registry=r)
+        self.tenant_breaker_state = Gauge(
+            "gateway_tenant_breaker_state", "A tenant's own breaker on a shared target: 0 closed, 1 half-open, 2 open.",
+            ["target", "tenant"], registry=r)
         self.state_errors = Counter("gateway_state_errors", "State store failures by what the limits did.",
                                     ["outcome"], registry=r)
         self.log_dropped = Gauge("gateway_log_records_dropped", "Log records dropped because the queue was full.",
@@ -47,7 +54,11 @@ class Metrics:
         self.webhook_dropped = Counter("gateway_webhook_dropped", "Webhook notifications dropped (queue full or "
                                        "delivery failed).", registry=r)
 
-    def breaker_changed(self, target: str, to_state: str) -> None:
+    def breaker_changed(self, target: str, to_state: str, tenant: str | None = None) -> None:
+        if tenant is not None:
+            self.tenant_breaker_transitions.labels(target, tenant, to_state).inc()
+            self.tenant_breaker_state.labels(target, tenant).set(_BREAKER_STATE_VALUE.get(to_state, -1))
+            return
         self.breaker_transitions.labels(target, to_state).inc()
         self.breaker_state.labels(target).set(_BREAKER_STATE_VALUE.get(to_state, -1))
 

@@ -54,6 +54,7 @@ class Call:
     model_served: str | None = None
     target_model: str | None = None  # the route target's model (what pricing is keyed by)
     prompt_estimate: int | None = None
+    body_bytes: int = 0  # the request body's size: says whether its prompt is counted on the loop
     cost_picousd: int = 0
     cache_write_picousd: int = 0  # the part of cost_picousd paid for prompt-cache writes
     # The limits stage settled the call: `usage` and `cost_picousd` are what its budgets counted.

@@ -39,6 +39,7 @@ from gateway.errors import (
     UpstreamUnavailable,
 )
 from gateway.limits.completion import capped_completion, choices
+from gateway.limits.offload import INLINE_MAX_BYTES, OffLoopCounter
 from gateway.limits.tokens import count_messages
 from gateway.pipeline.context import Attempt, Call
 from gateway.providers.base import ChatResult, ChatStream, EmbeddingsResult, Provider, Usage
@@ -100,8 +101,10 @@ class _State:
 
 class Router:
     def __init__(self, providers: dict[str, Provider], breakers: BreakerRegistry, bulkheads: dict[str, Bulkhead],
-                 rng: random.Random | None = None, clock: Callable[[], float] = time.perf_counter) -> None:
+                 rng: random.Random | None = None, clock: Callable[[], float] = time.perf_counter,
+                 counter: OffLoopCounter | None = None) -> None:
         self.providers = providers
+        self.counter = counter
         self.breakers = breakers
         self.bulkheads = bulkheads
         self.rng = rng or random.Random()
@@ -149,10 +152,14 @@ class Router:
         budget = None
         if route.token_budget is not None and count_prompt:
             # The limits stage's estimate when it ran (it counts tools, images, ... at the dearest
-            # target); the messages' text otherwise.
+            # target, a large prompt off the loop); the messages' text otherwise.
             prompt = call.prompt_estimate
             if prompt is None:
-                prompt = count_messages(body.get("messages") or (), order[0].model)
+                messages = body.get("messages") or ()
+                if call.body_bytes <= INLINE_MAX_BYTES or self.counter is None:
+                    prompt = count_messages(messages, order[0].model)
+                else:  # a large prompt is counted off the loop (see limits/offload.py)
+                    prompt = await self.counter.run(count_messages, messages, order[0].model)
             budget = _TokenBudget(total=route.token_budget, prompt=prompt, choices=choices(body))
         while state.attempts_left > 0:
             attempt_body = body if budget is None else budget.attempt_body(body, call.attempt_count)
@@ -220,7 +227,7 @@ class Router:
                 if ready_at > now:
                     earliest = ready_at if earliest is None else min(earliest, ready_at)
                     continue
-                permit = self.breakers.get(target.key).try_acquire()
+                permit = self.breakers.get(target.key).try_acquire(call.tenant)
                 if permit is None:
                     if target.key not in state.skipped:
                         state.skipped.add(target.key)

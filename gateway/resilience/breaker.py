@@ -6,7 +6,20 @@ target is unhealthy. Open, it refuses at once, so a dead upstream costs neither 
 nor a timeout. After a cooldown it lets a few probe calls through (half-open): enough
 consecutive successes close it, one failure opens it again.
 
-Everything runs inside one event loop, so there are no locks, and every call is O(1).
+A target shared by tenants must not be taken away from all of them by one: a tenant whose
+requests make the upstream fail (by their content) would otherwise open the breaker for
+everyone. So where `min_tenants` (the config's, capped at the number of tenants that may reach
+the target) is above one, a tenant that fails gets a breaker of its own on the target, with the
+same rule; when it opens, only that tenant is shed. The target's shared breaker opens only when
+its own rule says so (over every tenant's outcomes) and at least `min_tenants` tenants have
+tripped their own breakers on it within the window: an upstream that is down for everyone does
+that within a few calls of each tenant, a hostile tenant alone never does. A target only one
+tenant may reach keeps the single breaker it always had. Memory: at most one tenant breaker
+(~1 KB) per tenant that failed on a target within the window, and tenants come from the config;
+one closed, whose window holds no failure any more, is dropped when its tenant next calls.
+
+Everything runs inside one event loop, so there are no locks, and every call is O(1) (opening a
+shared breaker counts the tenants that tripped: O(tenants)).
 """
 
 from __future__ import annotations
@@ -14,7 +27,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -43,6 +56,9 @@ class BreakerConfig:
     # The window is this many buckets of window_s/buckets each; a bucket leaves the window
     # whole, so old outcomes are forgotten between (buckets-1)/buckets and 1 window later.
     buckets: int = 10
+    # Distinct tenants whose own breakers must have tripped before a target's shared breaker opens
+    # (capped per target at the number of tenants that may reach it; see the module docstring).
+    min_tenants: int = 2
 
     def __post_init__(self) -> None:
         if not (math.isfinite(self.window_s) and self.window_s > 0):
@@ -51,7 +67,8 @@ class BreakerConfig:
             raise ValueError("cooldown_s must be a number >= 0")
         if not 0 < self.failure_rate <= 1:
             raise ValueError("failure_rate must be in (0, 1]")
-        for name in ("min_requests", "consecutive_failures", "half_open_probes", "success_threshold", "buckets"):
+        for name in ("min_requests", "consecutive_failures", "half_open_probes", "success_threshold", "buckets",
+                     "min_tenants"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
 
@@ -65,6 +82,7 @@ class Transition:
     at: float  # wall clock (time.time()), for logs and the admin API
     failure_rate: float  # of the window at the moment of the transition
     window_total: int
+    tenant: str | None = None  # a tenant's own breaker on the target; None: the target's shared breaker
 
 
 class Permit:
@@ -74,36 +92,47 @@ class Permit:
     is ignored, so a `finally: permit.release()` after a verdict is safe.
     """
 
-    __slots__ = ("_breaker", "_done", "_generation", "probe")
+    __slots__ = ("_breaker", "_done", "_generation", "_own", "probe", "tenant")
 
-    def __init__(self, breaker: CircuitBreaker, generation: int, probe: bool) -> None:
+    def __init__(self, breaker: CircuitBreaker, generation: int, probe: bool, tenant: str | None = None) -> None:
         self._breaker = breaker
         self._generation = generation
         self._done = False
         self.probe = probe  # a half-open trial call: worth a log line when it ends
+        self.tenant = tenant  # whose call it is: its failures count against that tenant
+        self._own: Permit | None = None  # the permit of the tenant's own breaker on the target, if it has one
 
     def success(self) -> None:
         if not self._done:
             self._done = True
+            if self._own is not None:
+                self._own.success()
             self._breaker._complete(self._generation, True)
 
     def failure(self) -> None:
         if not self._done:
             self._done = True
-            self._breaker._complete(self._generation, False)
+            breaker = self._breaker
+            if self._own is not None:
+                self._own.failure()
+            elif self.tenant is not None and breaker.min_tenants > 1:
+                breaker._tenant_failed(self.tenant)
+            breaker._complete(self._generation, False)
 
     def release(self) -> None:
         """End the call without a health verdict (client cancelled, request-level error)."""
         if not self._done:
             self._done = True
+            if self._own is not None:
+                self._own.release()
             self._breaker._complete(self._generation, None)
 
 
 class CircuitBreaker:
     __slots__ = (
-        "_bucket_s", "_clock", "_consec_fail", "_consec_ok", "_epoch", "_fail", "_failures", "_generation",
-        "_on_transition", "_opened_mono", "_opened_wall", "_probes", "_state", "_total", "_totals",
-        "_transitions", "_wall_clock", "config", "target",
+        "_bucket_s", "_clock", "_consec_fail", "_consec_ok", "_epoch", "_fail", "_failed_mono", "_failures",
+        "_generation", "_on_transition", "_opened_mono", "_opened_wall", "_probes", "_state", "_tenants", "_total",
+        "_totals", "_transitions", "_wall_clock", "config", "min_tenants", "target", "tenant",
     )
 
     def __init__(
@@ -114,9 +143,17 @@ class CircuitBreaker:
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
         on_transition: Callable[[Transition], None] | None = None,
+        min_tenants: int = 1,
+        tenant: str | None = None,
     ) -> None:
         self.target = target
         self.config = config
+        # 1: one breaker for every caller. More: tenants that fail get breakers of their own (in
+        # _tenants), and this one opens only when that many of them tripped (module docstring).
+        self.min_tenants = min_tenants
+        self.tenant = tenant
+        self._tenants: dict[str, CircuitBreaker] = {}
+        self._failed_mono = -math.inf  # when the last failure was recorded
         self._clock = clock
         self._wall_clock = wall_clock
         self._on_transition = on_transition
@@ -139,11 +176,33 @@ class CircuitBreaker:
 
     # -- the hot path ------------------------------------------------------------------------
 
-    def try_acquire(self) -> Permit | None:
-        """A permit to call the target, or None to skip it without a network call."""
+    def try_acquire(self, tenant: str | None = None) -> Permit | None:
+        """A permit for `tenant` to call the target, or None to skip it without a network call."""
+        if self._state is _CLOSED and not self._tenants:
+            return Permit(self, self._generation, False, tenant)
+        if tenant is None or not self._tenants:
+            return self._acquire(tenant)
+        own = self._tenants.get(tenant)
+        if own is None:
+            return self._acquire(tenant)
+        if own._state is _CLOSED and self._clock() - own._failed_mono >= self.config.window_s:
+            del self._tenants[tenant]  # no failure of this tenant is left in the window: nothing to keep
+            return self._acquire(tenant)
+        permit = self._acquire(tenant)
+        if permit is None:
+            return None
+        own_permit = own._acquire(None)
+        if own_permit is None:  # this tenant is shed; the others are not
+            permit.release()
+            return None
+        permit._own = own_permit
+        return permit
+
+    def _acquire(self, tenant: str | None) -> Permit | None:
+        """try_acquire on this breaker's own state, whoever else has a say."""
         state = self._state
         if state is _CLOSED:
-            return Permit(self, self._generation, False)
+            return Permit(self, self._generation, False, tenant)
         transition = None
         if state is _OPEN:
             now = self._clock()
@@ -154,7 +213,7 @@ class CircuitBreaker:
             permit = None
         else:
             self._probes += 1
-            permit = Permit(self, self._generation, True)
+            permit = Permit(self, self._generation, True, tenant)
         if transition is not None:
             # After the probe is granted, so a callback that resets the breaker sees it.
             self._emit(transition)
@@ -170,6 +229,7 @@ class CircuitBreaker:
                 return
             now = self._clock()
             if not ok:
+                self._failed_mono = now
                 self._emit(self._move(_OPEN, "probe failed", now))
                 return
             self._consec_ok += 1
@@ -188,13 +248,40 @@ class CircuitBreaker:
             return
         self._fail[i] += 1
         self._failures += 1
+        self._failed_mono = now
         self._consec_fail += 1
         total = self._total
         if total >= cfg.min_requests and self._failures / total >= cfg.failure_rate:
             reason = f"failure rate {self._failures / total:.0%} over {total} requests in {cfg.window_s:g}s"
-            self._emit(self._move(_OPEN, reason, now))
         elif self._consec_fail >= cfg.consecutive_failures:
-            self._emit(self._move(_OPEN, f"{self._consec_fail} consecutive failures", now))
+            reason = f"{self._consec_fail} consecutive failures"
+        else:
+            return
+        if self.min_tenants > 1:
+            tripped = self._tenants_tripped(now)
+            if tripped < self.min_tenants:
+                return  # the tenants that fail are shed on their own breakers
+            reason += f" from {tripped} tenants"
+        self._emit(self._move(_OPEN, reason, now))
+
+    def _tenant_failed(self, tenant: str) -> None:
+        """A failure of a tenant that had no breaker of its own here when its call began: it has now."""
+        own = self._tenants.get(tenant)
+        if own is None:
+            own = self._tenants[tenant] = CircuitBreaker(
+                self.target, self.config, clock=self._clock, wall_clock=self._wall_clock,
+                on_transition=self._on_transition, tenant=tenant)
+        if own._state is _CLOSED:  # else it opened since this call began: the failure is already told
+            own._complete(own._generation, False)
+
+    def _tenants_tripped(self, now: float) -> int:
+        """Tenants whose own breakers on the target are open or half-open, or opened within the window."""
+        window_s = self.config.window_s
+        n = 0
+        for own in self._tenants.values():
+            if own._state is not _CLOSED or (own._transitions and now - own._opened_mono < window_s):
+                n += 1
+        return n
 
     # -- reads (no side effects) -------------------------------------------------------------
 
@@ -214,8 +301,10 @@ class CircuitBreaker:
         now = self._clock()
         total, failures = self._window(now)
         is_open = self._state is _OPEN
-        return {
-            "target": self.target,
+        out: dict[str, Any] = {"target": self.target}
+        if self.tenant is not None:
+            out["tenant"] = self.tenant
+        out.update({
             "state": self._state.value,
             "failure_rate": round(failures / total, 4) if total else 0.0,
             "window_total": total,
@@ -226,12 +315,24 @@ class CircuitBreaker:
             "retry_in_s": round(max(0.0, self.config.cooldown_s - (now - self._opened_mono)), 3) if is_open else None,
             "probes_in_flight": self._probes,
             "transitions": self._transitions,
-        }
+        })
+        if self.tenant is None:
+            out["min_tenants"] = self.min_tenants
+            # The tenants with a breaker of their own here (they failed within the window): who is shed.
+            out["tenants"] = [self._tenants[t].snapshot() for t in sorted(self._tenants)]
+        return out
+
+    def tenant_breaker(self, tenant: str) -> CircuitBreaker | None:
+        return self._tenants.get(tenant)
 
     # -- admin -------------------------------------------------------------------------------
 
     def reset(self) -> None:
-        """Force closed and forget the window; outcomes of calls in flight are dropped."""
+        """Force closed and forget the window (and every tenant's own state on the target); outcomes
+        of calls in flight are dropped."""
+        for own in self._tenants.values():
+            own.reset()
+        self._tenants.clear()
         if self._state is not _CLOSED:
             self._emit(self._move(_CLOSED, "manual reset", self._clock()))
             return
@@ -246,7 +347,7 @@ class CircuitBreaker:
         total, failures = self._window(now)
         transition = Transition(
             target=self.target, from_state=self._state, to_state=to, reason=reason, at=self._wall_clock(),
-            failure_rate=failures / total if total else 0.0, window_total=total,
+            failure_rate=failures / total if total else 0.0, window_total=total, tenant=self.tenant,
         )
         self._state = to
         self._generation += 1
@@ -270,7 +371,7 @@ class CircuitBreaker:
             self._on_transition(transition)
         except Exception:
             # A broken metrics or log hook must not fail the request that tripped the breaker.
-            log.exception("breaker %s: on_transition callback failed", self.target)
+            log.exception("breaker %s (tenant %s): on_transition callback failed", self.target, self.tenant)
 
     def _epoch_of(self, now: float) -> int:
         return math.floor(now / self._bucket_s)
@@ -316,9 +417,13 @@ class CircuitBreaker:
 
 
 class BreakerRegistry:
-    """One breaker per target, made on first use with the shared config and hooks."""
+    """One breaker per target, made on first use with the shared config and hooks.
 
-    __slots__ = ("_breakers", "_clock", "_on_transition", "_wall_clock", "config")
+    `tenants`: how many tenants may reach each target (from the config); a target's breaker needs
+    min(config.min_tenants, that many) tenants to trip before it opens for all. A target missing
+    from it counts as reachable by one tenant: its breaker is shared by every caller, as before."""
+
+    __slots__ = ("_breakers", "_clock", "_on_transition", "_tenants", "_wall_clock", "config")
 
     def __init__(
         self,
@@ -327,11 +432,13 @@ class BreakerRegistry:
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
         on_transition: Callable[[Transition], None] | None = None,
+        tenants: Mapping[str, int] | None = None,
     ) -> None:
         self.config = config
         self._clock = clock
         self._wall_clock = wall_clock
         self._on_transition = on_transition
+        self._tenants = dict(tenants or {})
         self._breakers: dict[str, CircuitBreaker] = {}
 
     def get(self, target: str) -> CircuitBreaker:
@@ -340,6 +447,7 @@ class BreakerRegistry:
             breaker = self._breakers[target] = CircuitBreaker(
                 target, self.config, clock=self._clock, wall_clock=self._wall_clock,
                 on_transition=self._on_transition,
+                min_tenants=max(1, min(self.config.min_tenants, self._tenants.get(target, 1))),
             )
         return breaker
 

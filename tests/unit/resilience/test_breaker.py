@@ -392,7 +392,7 @@ def test_snapshot_fields_are_json_able() -> None:
     assert snap == {
         "target": "openai/gpt-4o", "state": "closed", "failure_rate": 0.0, "window_total": 0,
         "window_failures": 0, "consecutive_failures": 0, "consecutive_successes": 0, "opened_at": None,
-        "retry_in_s": None, "probes_in_flight": 0, "transitions": 0,
+        "retry_in_s": None, "probes_in_flight": 0, "transitions": 0, "min_tenants": 1, "tenants": [],
     }
     call(breaker, True)
     call(breaker, False)

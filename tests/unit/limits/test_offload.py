@@ -1,0 +1,119 @@
+"""The bounded pool that counts large prompts off the event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import pytest
+
+from gateway.errors import BadRequest
+from gateway.limits.estimate import estimate_prompt
+from gateway.limits.offload import INLINE_MAX_BYTES, EstimatorBusy, OffLoopCounter
+from gateway.limits.tokens import count_messages, get_encoding
+
+
+async def _max_gap_while(job: asyncio.Future[object]) -> float:
+    """The longest the loop went without running this coroutine while `job` was pending."""
+    gap, last = 0.0, time.perf_counter()
+    while not job.done():
+        await asyncio.sleep(0.001)
+        now = time.perf_counter()
+        gap, last = max(gap, now - last), now
+    return gap
+
+
+async def test_tiktoken_releases_the_gil_so_the_loop_runs_while_it_counts() -> None:
+    get_encoding("o200k_base")  # loaded at start-up in the gateway (loading holds the GIL)
+    counter = OffLoopCounter(threads=1)
+    text = "a" * 1_000_000  # one unbroken word: ~0.4 s of BPE
+    messages = [{"role": "user", "content": text}]
+    started = time.perf_counter()
+    job = asyncio.ensure_future(counter.run(count_messages, messages, "gpt-4o"))
+    gap = await _max_gap_while(job)
+    took = time.perf_counter() - started
+    assert await job == count_messages(messages, "gpt-4o") == 1_000_000 // 8 + 7
+    assert took > 0.1 and gap < 0.05, (took, gap)
+    counter.close()
+
+
+async def test_the_off_loop_estimate_is_the_inline_estimate() -> None:
+    counter = OffLoopCounter(threads=2)
+    targets = [("openai", "gpt-4o-mini"), ("openai", "gpt-4"), ("anthropic", "claude-3-5-haiku")]
+    bodies = [
+        {"messages": [{"role": "user", "content": "x" * 50_000}]},
+        {"messages": [{"role": "system", "content": "Be brief. " * 3000},
+                      {"role": "user", "content": "hi", "name": "b"}],
+         "tools": [{"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}]},
+        {"messages": [{"role": "user", "content": [{"type": "text", "text": "ünï ✓ " * 5000}]}]},
+    ]
+    for body in bodies:
+        off = await counter.run(estimate_prompt, body, targets, 0.2)
+        assert off == estimate_prompt(body, targets, 0.2)
+    counter.close()
+
+
+async def test_past_its_slots_a_count_waits_a_bounded_time_then_503() -> None:
+    counter = OffLoopCounter(threads=1, wait_s=0.05)
+    gate = threading.Event()
+    first = asyncio.ensure_future(counter.run(gate.wait, 5))
+    await asyncio.sleep(0.01)
+    with pytest.raises(EstimatorBusy) as info:
+        await counter.run(len, "x")
+    assert info.value.status == 503 and info.value.error_code == "estimator_busy"
+    assert float(info.value.headers["retry-after"]) >= 1
+    gate.set()
+    assert await first is True
+    assert await counter.run(len, "xyz") == 3  # the slot came back
+    counter.close()
+
+
+async def test_a_caller_that_leaves_keeps_its_slot_until_its_thread_is_done() -> None:
+    # Otherwise clients that disconnect could pile counts up behind the pool's threads.
+    counter = OffLoopCounter(threads=1, wait_s=0.05)
+    gate = threading.Event()
+    job = asyncio.ensure_future(counter.run(gate.wait, 5))
+    await asyncio.sleep(0.01)
+    job.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await job
+    assert counter.running == 1
+    with pytest.raises(EstimatorBusy):
+        await counter.run(len, "x")
+    gate.set()
+    for _ in range(200):
+        if counter.running == 0:
+            break
+        await asyncio.sleep(0.005)
+    assert await counter.run(len, "x") == 1
+    counter.close()
+
+
+async def test_an_error_in_the_count_reaches_the_caller_and_frees_the_slot() -> None:
+    counter = OffLoopCounter(threads=1, wait_s=0.05)
+
+    def refuse() -> None:
+        raise BadRequest("too long", param="messages", code="context_length_exceeded")
+
+    for _ in range(3):
+        with pytest.raises(BadRequest):
+            await counter.run(refuse)
+    assert counter.running == 0
+    counter.close()
+
+
+def test_the_inline_bound_keeps_the_worst_inline_count_short() -> None:
+    # A body of INLINE_MAX_BYTES holds no text longer than that; counting the worst such text (one
+    # unbroken word) must stay around a millisecond (5 ms allows for a loaded machine).
+    enc = get_encoding("o200k_base")
+    word = "a" * INLINE_MAX_BYTES
+    best = min(_timed(enc.encode_ordinary, word) for _ in range(5))
+    assert best < 0.005, best
+
+
+def _timed(fn: object, arg: str) -> float:
+    assert callable(fn)
+    t0 = time.perf_counter()
+    fn(arg)
+    return time.perf_counter() - t0
