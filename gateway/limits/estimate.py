@@ -13,8 +13,7 @@ from collections.abc import Iterable, Mapping
 from functools import lru_cache
 from typing import Any
 
-import orjson
-
+from gateway.errors import dumps_forwarded
 from gateway.limits.tokens import count_messages, count_text, encoding_name_for_model
 
 _EXACT_KINDS = frozenset({"openai", "azure-openai", "mock"})
@@ -25,7 +24,7 @@ _TOOLS_OVERHEAD = 12
 def _tools_tokens(tools: Any, model: str) -> int:
     if not isinstance(tools, list) or not tools:
         return 0
-    return _TOOLS_OVERHEAD + count_text(orjson.dumps(tools).decode(), model, repeats=True)
+    return _TOOLS_OVERHEAD + count_text(dumps_forwarded(tools, "tools").decode(), model, repeats=True)
 
 
 def encoding_for_target(kind: str, model: str) -> str:

@@ -11,8 +11,6 @@ import contextlib
 from collections.abc import AsyncGenerator, Iterator
 from typing import Any, NoReturn
 
-import orjson
-
 from gateway.errors import (
     GatewayError,
     UpstreamAuthFailed,
@@ -22,6 +20,7 @@ from gateway.errors import (
     UpstreamRejected,
     UpstreamTimeout,
     UpstreamUnavailable,
+    dumps_forwarded,
     redact,
 )
 from gateway.providers.base import ChatResult, ChatStream, Dialect, EmbeddingsResult, Provider, StreamTranslator
@@ -58,7 +57,7 @@ class HttpProvider(Provider):
 
     # -- chat ------------------------------------------------------------------------------
     async def chat(self, body: dict[str, Any], model: str, *, timeout_s: float) -> ChatResult:
-        payload = orjson.dumps(self.dialect.encode_chat(body, model, self.settings))
+        payload = dumps_forwarded(self.dialect.encode_chat(body, model, self.settings))
         raw = await self._post(self.dialect.chat_url(self.settings, model), payload, timeout_s)
         return self.dialect.decode_chat(raw, model)
 
@@ -66,7 +65,7 @@ class HttpProvider(Provider):
         url = self.dialect.embeddings_url(self.settings, model)
         if url is None:
             raise UpstreamRejected(f"provider '{self.name}' has no embeddings API", param="model")
-        payload = orjson.dumps(self.dialect.encode_embeddings(body, model, self.settings))
+        payload = dumps_forwarded(self.dialect.encode_embeddings(body, model, self.settings))
         raw = await self._post(url, payload, timeout_s)
         return self.dialect.decode_embeddings(raw, model)
 
@@ -83,7 +82,7 @@ class HttpProvider(Provider):
 
     async def chat_stream(self, body: dict[str, Any], model: str, *, timeout_s: float,
                           include_usage: bool) -> ChatStream:
-        payload = orjson.dumps(self.dialect.encode_chat(body, model, self.settings))
+        payload = dumps_forwarded(self.dialect.encode_chat(body, model, self.settings))
         url = self.dialect.chat_url(self.settings, model)
         # The deadline bounds the wait for the response head; after that, each read may idle
         # at most timeout_s (a stream may legitimately last longer than one timeout).
