@@ -41,8 +41,10 @@ def bounded(text: str, limit: int) -> str:
 
 
 def scrub(text: str, *secrets: str | None, limit: int = UPSTREAM_TEXT_CHARS) -> str:
-    """What a provider said, fit to be shown or kept: credentials redacted, then bounded."""
-    return bounded(redact(text, *secrets), limit)
+    """What a provider said, fit to be shown or kept: credentials redacted, then bounded. Only twice
+    the bound is searched: a credential that starts inside the bound is still whole enough there to
+    be recognised, and a megabyte of text costs no more than a kilobyte."""
+    return bounded(redact(text[: 2 * limit], *secrets), limit)
 
 
 def scrub_field(value: object, *secrets: str | None) -> str | None:
@@ -223,6 +225,15 @@ class Overloaded(ServiceUnavailable):
 
 class InternalError(GatewayError):
     status, type, code = 500, "api_error", "internal_error"
+
+
+def scrub_error(exc: GatewayError, *secrets: str | None) -> GatewayError:
+    """`exc` with what a provider may have put in it (message, param, code) scrubbed, in place."""
+    exc.message = scrub(exc.message, *secrets)
+    exc.param = scrub_field(exc.param, *secrets)
+    exc.error_code = scrub_field(exc.error_code, *secrets)
+    exc.args = (exc.message,)
+    return exc
 
 
 def error_response_parts(exc: GatewayError, request_id: str) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:

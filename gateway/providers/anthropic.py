@@ -42,7 +42,7 @@ from gateway.providers.anthropic_stream import (
     openai_usage,
     update_usage,
 )
-from gateway.providers.base import ChatResult, Dialect, Usage
+from gateway.providers.base import ChatResult, Dialect, Usage, served_model_name
 from gateway.settings import ProviderSettings
 
 ANTHROPIC_VERSION = "2023-06-01"
@@ -420,7 +420,7 @@ def decode_message(raw: bytes, requested_model: str) -> ChatResult:
     usage = Usage()
     update_usage(usage, msg["usage"])
     finish_reason = finish_reason_for(msg.get("stop_reason"))
-    served_model = msg["model"] if isinstance(msg.get("model"), str) else requested_model
+    served_model = served_model_name(msg.get("model")) or requested_model
     message: dict[str, Any] = {
         "role": "assistant",
         "content": "".join(texts) if texts or not tool_calls else None,
@@ -458,7 +458,10 @@ def _loads_message(raw: bytes) -> dict[str, Any]:
 def _openai_tool_call(block: dict[str, Any]) -> dict[str, Any]:
     if not (isinstance(block.get("id"), str) and isinstance(block.get("name"), str)):
         raise UpstreamBadResponse("Anthropic tool_use block without id or name")
-    arguments = orjson.dumps(block.get("input") or {}).decode()
+    try:
+        arguments = orjson.dumps(block.get("input") or {}).decode()
+    except orjson.JSONEncodeError:  # nested deeper than orjson writes: a broken answer, not a 500
+        raise UpstreamBadResponse("Anthropic tool_use input is nested too deeply") from None
     function = {"name": block["name"], "arguments": arguments}
     return {"id": block["id"], "type": "function", "function": function}
 
