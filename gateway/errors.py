@@ -28,6 +28,11 @@ UPSTREAM_TEXT_CHARS = 1024
 UPSTREAM_FIELD_CHARS = 256
 
 
+# Longest client-supplied value (a model name, a path, a method) kept in a log line, an envelope or an
+# error message that quotes it: a client's megabyte must not become a megabyte there.
+CLIENT_VALUE_CHARS = 256
+
+
 def redact(text: str, *secrets: str | None) -> str:
     for s in secrets:
         if s:

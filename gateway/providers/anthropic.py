@@ -35,7 +35,7 @@ from typing import Any
 
 import orjson
 
-from gateway.errors import BadRequest, UpstreamBadResponse
+from gateway.errors import CLIENT_VALUE_CHARS, BadRequest, UpstreamBadResponse, bounded
 from gateway.providers.anthropic_stream import (
     AnthropicStreamTranslator,
     finish_reason_for,
@@ -53,7 +53,9 @@ Block = dict[str, Any]
 
 
 def _bad(param: str, message: str) -> BadRequest:
-    return BadRequest(message, param=param)
+    # Some messages quote what the client sent (a part type, a tool call id): bounded, as anything
+    # of the client's that the gateway repeats.
+    return BadRequest(bounded(message, 2 * CLIENT_VALUE_CHARS), param=param)
 
 
 class AnthropicDialect(Dialect):
