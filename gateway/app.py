@@ -14,7 +14,15 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp
 
-from gateway.errors import GatewayError, InternalError, MethodNotAllowed, NotFound, error_response_parts
+from gateway.errors import (
+    CLIENT_VALUE_CHARS,
+    GatewayError,
+    InternalError,
+    MethodNotAllowed,
+    NotFound,
+    bounded,
+    error_response_parts,
+)
 from gateway.http import admin, openai_api, ops
 from gateway.http.dispatch import Dispatcher
 from gateway.http.ingress import CALL_KEY, IngressMiddleware
@@ -40,11 +48,12 @@ async def _gateway_error(request: Request, exc: Exception) -> Response:
 
 async def _http_exception(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
+    # The method and path are the client's: quoted within a bound.
+    method, path = request.method[:CLIENT_VALUE_CHARS], bounded(request.url.path, CLIENT_VALUE_CHARS)
     if exc.status_code == 405:
-        return await _gateway_error(request, MethodNotAllowed(f"Method {request.method} is not allowed on "
-                                                              f"{request.url.path}."))
+        return await _gateway_error(request, MethodNotAllowed(f"Method {method} is not allowed on {path}."))
     if exc.status_code == 404:
-        return await _gateway_error(request, NotFound(f"Unknown request URL: {request.method} {request.url.path}."))
+        return await _gateway_error(request, NotFound(f"Unknown request URL: {method} {path}."))
     return await _gateway_error(request, GatewayError(str(exc.detail)))
 
 

@@ -22,11 +22,39 @@ _SECRETISH = re.compile(
 )
 
 
+# Longest text kept from a provider for a client, a log line or the ledger (error messages and
+# their param/code, the served model's name): a provider's answer must not turn into megabytes there.
+UPSTREAM_TEXT_CHARS = 1024
+UPSTREAM_FIELD_CHARS = 256
+
+
+# Longest client-supplied value (a model name, a path, a method) kept in a log line, an envelope or an
+# error message that quotes it: a client's megabyte must not become a megabyte there.
+CLIENT_VALUE_CHARS = 256
+
+
 def redact(text: str, *secrets: str | None) -> str:
     for s in secrets:
         if s:
             text = text.replace(s, "[redacted]")
     return _SECRETISH.sub("[redacted]", text)
+
+
+def bounded(text: str, limit: int) -> str:
+    """`text` cut to `limit` characters, marked when cut. Slicing only: cheap enough for any path."""
+    return text if len(text) <= limit else text[:limit] + "...[truncated]"
+
+
+def scrub(text: str, *secrets: str | None, limit: int = UPSTREAM_TEXT_CHARS) -> str:
+    """What a provider said, fit to be shown or kept: credentials redacted, then bounded. Only twice
+    the bound is searched: a credential that starts inside the bound is still whole enough there to
+    be recognised, and a megabyte of text costs no more than a kilobyte."""
+    return bounded(redact(text[: 2 * limit], *secrets), limit)
+
+
+def scrub_field(value: object, *secrets: str | None) -> str | None:
+    """An upstream error's `param` or `code`, or a served model name: a short string or None."""
+    return scrub(value, *secrets, limit=UPSTREAM_FIELD_CHARS) if isinstance(value, str) else None
 
 
 class GatewayError(Exception):
@@ -61,6 +89,32 @@ class BadRequest(GatewayError):
 
 class InvalidJSON(BadRequest):
     code = "invalid_json"
+
+
+# orjson reads JSON up to 1024 levels deep but writes at most this many: a body the gateway must
+# re-encode (to forward it, or to count its tools) cannot be deeper.
+MAX_JSON_DEPTH = 254
+
+
+class NestingTooDeep(BadRequest):
+    """The body parses but cannot be re-encoded for the provider: it nests too deeply."""
+
+    code = "nesting_too_deep"
+
+    def __init__(self, param: str | None = None) -> None:
+        super().__init__(f"The request is nested too deeply to be forwarded: JSON objects and arrays may nest "
+                         f"at most {MAX_JSON_DEPTH} levels deep.", param=param)
+
+
+def dumps_forwarded(value: object, param: str | None = None) -> bytes:
+    """orjson.dumps of what a client sent (or what the gateway built from it). orjson refuses to
+    write past its depth limit, which is lower than its reading limit, and JSON it parsed holds
+    nothing else it could refuse: that failure is the client's nesting, a 400, never a 500. The
+    check costs nothing until it fails (no walk over the body)."""
+    try:
+        return orjson.dumps(value)
+    except orjson.JSONEncodeError:
+        raise NestingTooDeep(param) from None
 
 
 class AuthenticationFailed(GatewayError):
@@ -176,6 +230,15 @@ class Overloaded(ServiceUnavailable):
 
 class InternalError(GatewayError):
     status, type, code = 500, "api_error", "internal_error"
+
+
+def scrub_error(exc: GatewayError, *secrets: str | None) -> GatewayError:
+    """`exc` with what a provider may have put in it (message, param, code) scrubbed, in place."""
+    exc.message = scrub(exc.message, *secrets)
+    exc.param = scrub_field(exc.param, *secrets)
+    exc.error_code = scrub_field(exc.error_code, *secrets)
+    exc.args = (exc.message,)
+    return exc
 
 
 def error_response_parts(exc: GatewayError, request_id: str) -> tuple[int, bytes, list[tuple[bytes, bytes]]]:

@@ -11,7 +11,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from gateway.errors import BadRequest, NotFound
+from gateway.errors import CLIENT_VALUE_CHARS, BadRequest, NotFound, bounded
 from gateway.http.ingress import CALL_KEY
 from gateway.http.validation import parse_json_object
 from gateway.pipeline.auth import check_admin
@@ -68,7 +68,7 @@ async def revoke_key(request: Request) -> Response:
     gw = _admin(request)
     record = await gw.keys.revoke(request.path_params["key_id"], actor="admin-api")
     if record is None:
-        raise NotFound(f"No active key with id '{request.path_params['key_id']}'.")
+        raise NotFound(f"No active key with id '{bounded(request.path_params['key_id'], CLIENT_VALUE_CHARS)}'.")
     await gw.key_cache.refresh()
     return _json(_key_json(record))
 
@@ -83,7 +83,8 @@ async def reset_breaker(request: Request) -> Response:
     gw = _admin(request)
     target = request.path_params["target"]
     if not gw.breakers.reset(target):
-        raise NotFound(f"No breaker for target '{target}' (targets are named provider/model).")
+        raise NotFound(f"No breaker for target '{bounded(target, CLIENT_VALUE_CHARS)}' (targets are named "
+                       "provider/model).")
     return _json(gw.breakers.get(target).snapshot())
 
 

@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable, Iterator, Mapping
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from gateway.errors import MethodNotAllowed
+from gateway.errors import CLIENT_VALUE_CHARS, MethodNotAllowed
 from gateway.http.ingress import CALL_KEY
 from gateway.pipeline.context import Call
 from gateway.runtime import Gateway
@@ -119,6 +119,6 @@ class Dispatcher:
             await self.fallback(scope, receive, send)
             return
         if scope["method"] != "POST":
-            raise MethodNotAllowed(f"Method {scope['method']} is not allowed on {scope['path']}.")
+            raise MethodNotAllowed(f"Method {scope['method'][:CLIENT_VALUE_CHARS]} is not allowed on {scope['path']}.")
         reply = await handler(Inbound(scope, receive, self.gateway))
         await reply(scope, receive, send)

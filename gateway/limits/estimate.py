@@ -15,8 +15,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from functools import lru_cache
 from typing import Any
 
-import orjson
-
+from gateway.errors import dumps_forwarded
 from gateway.limits.media import Media, describe, image_rule, media_tokens
 from gateway.limits.tokens import count_messages, count_text, encoding_name_for_model
 
@@ -28,7 +27,7 @@ _TOOLS_OVERHEAD = 12
 def _tools_tokens(tools: Any, model: str) -> int:
     if not isinstance(tools, list) or not tools:
         return 0
-    return _TOOLS_OVERHEAD + count_text(orjson.dumps(tools).decode(), model, repeats=True)
+    return _TOOLS_OVERHEAD + count_text(dumps_forwarded(tools, "tools").decode(), model, repeats=True)
 
 
 def _definitions_tokens(body: Mapping[str, Any], model: str) -> int:
@@ -42,7 +41,7 @@ def _definitions_tokens(body: Mapping[str, Any], model: str) -> int:
         if key == "functions":
             total += _tools_tokens(value, model)
         else:
-            total += count_text(value if isinstance(value, str) else orjson.dumps(value).decode(), model,
+            total += count_text(value if isinstance(value, str) else dumps_forwarded(value, key).decode(), model,
                                 repeats=True)
     return total
 

@@ -20,10 +20,13 @@ import orjson
 from gateway.limits.tokens import count_messages, count_text, encoding_for_model
 from gateway.mock_upstream.anthropic_answers import anthropic_events, anthropic_message
 from gateway.mock_upstream.core import (
+    Refused,
     Reply,
     as_list,
+    as_map,
     block_text,
     digest_of,
+    encoded_body,
     json_fragments,
     last_user_text,
     pieces,
@@ -40,6 +43,8 @@ __all__ = [
     "embeddings_response",
 ]
 
+# OpenAI's largest embedding (text-embedding-3-large) has 3072 dimensions; the mock allows a little more.
+MAX_DIMENSIONS = 4096
 _FINISH = {"stop": "stop", "length": "length", "tool": "tool_calls", "stop_sequence": "stop"}
 _WORD = re.compile(r"[a-z0-9]+")
 
@@ -63,7 +68,7 @@ def _compute(body: dict[str, Any], model: str, digest: str) -> tuple[Reply, int]
     if tools and choice != "none" and tool_result is None:
         tool = tools[0]
         if isinstance(choice, Mapping):
-            wanted = (choice.get("function") or {}).get("name")
+            wanted = as_map(choice.get("function")).get("name")
             tool = next((t for t in tools if t["name"] == wanted), tools[0])
     max_tokens = body.get("max_completion_tokens", body.get("max_tokens"))
     reply = plan(
@@ -78,12 +83,8 @@ def _compute(body: dict[str, Any], model: str, digest: str) -> tuple[Reply, int]
 
 
 def _reply(body: dict[str, Any], model: str) -> tuple[Reply, int]:
-    digest = digest_of(body, "openai:" + model)
-    try:
-        key = orjson.dumps(body)
-    except TypeError:
-        return _compute(body, model, digest)
-    return _cached(digest, model, key)
+    key = encoded_body(body)  # first: a body too deep to encode is refused before anything walks it
+    return _cached(digest_of(body, "openai:" + model), model, key)
 
 
 _MAX_CHOICES = 128
@@ -222,6 +223,9 @@ def embeddings_response(body: dict[str, Any], *, model: str, dims: int = 64) -> 
         raise ValueError("input must not be empty")
     requested = body.get("dimensions")
     size = requested if isinstance(requested, int) and not isinstance(requested, bool) and requested > 0 else dims
+    if size > MAX_DIMENSIONS:
+        raise Refused(f"Invalid 'dimensions': integer above maximum value. Expected a value <= {MAX_DIMENSIONS}, "
+                      f"but got {size} instead.", param="dimensions", code="integer_above_max_value")
     as_base64 = body.get("encoding_format") == "base64"
     enc = encoding_for_model(model)
     data, tokens = [], 0

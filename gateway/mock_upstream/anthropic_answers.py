@@ -22,6 +22,7 @@ from gateway.mock_upstream.core import (
     as_map,
     block_text,
     digest_of,
+    encoded_body,
     json_fragments,
     last_user_text,
     pieces,
@@ -149,12 +150,8 @@ def _cached(digest: str, model: str, key: bytes) -> tuple[Reply, int, Writes]:
 
 
 def _reply(body: dict[str, Any], model: str) -> tuple[Reply, int, Writes]:
-    digest = digest_of(body, "anthropic:" + model)
-    try:
-        key = orjson.dumps(body)
-    except TypeError:
-        return _compute(body, model, digest)
-    return _cached(digest, model, key)
+    key = encoded_body(body)  # first: a body too deep to encode is refused before anything walks it
+    return _cached(digest_of(body, "anthropic:" + model), model, key)
 
 
 def _usage(prompt: int, output_tokens: int, writes: Writes) -> dict[str, Any]:
@@ -171,9 +168,16 @@ def _model(body: Mapping[str, Any], model: str | None) -> str:
     return model or (body["model"] if isinstance(body.get("model"), str) else "claude-mock")
 
 
+def _tool_input(reply: Reply) -> Any:
+    try:
+        return orjson.loads(reply.tool_args or "{}")
+    except orjson.JSONDecodeError:  # arguments cut short by max_tokens: what parsed is nothing
+        return {}
+
+
 def _tool_block(reply: Reply, with_input: bool) -> dict[str, Any]:
     return {"type": "tool_use", "id": "toolu_" + reply.digest, "name": reply.tool_name,
-            "input": orjson.loads(reply.tool_args or "{}") if with_input else {}}
+            "input": _tool_input(reply) if with_input else {}}
 
 
 def anthropic_message(body: dict[str, Any], *, model: str | None = None) -> dict[str, Any]:

@@ -30,6 +30,24 @@ _PIECE = re.compile(r"\S+\s*|\s+")
 Finish = Literal["stop", "length", "tool", "stop_sequence"]
 
 
+class Refused(ValueError):
+    """A request the provider would refuse with a 400; `param` and `code` as OpenAI would name them."""
+
+    def __init__(self, message: str, param: str | None = None, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message, self.param, self.code = message, param, code
+
+
+def encoded_body(body: Mapping[str, Any]) -> bytes:
+    """The body as compact JSON (the answer cache's key). JSON that parsed but nests deeper than orjson
+    writes (255 levels) is refused, as the gateway refuses it, rather than failing later as a 500."""
+    try:
+        return orjson.dumps(body)
+    except orjson.JSONEncodeError:
+        raise Refused("The request is nested too deeply: JSON may nest at most 254 levels deep.",
+                      code="nesting_too_deep") from None
+
+
 @dataclass(frozen=True, slots=True)
 class Reply:
     text: str
@@ -130,10 +148,19 @@ def plan(
     stops: Iterable[str],
 ) -> Reply:
     """The answer: a tool call when `tool` is given, else a text answer cut by stops and max_tokens."""
+    limit = max_tokens if isinstance(max_tokens, int) and not isinstance(max_tokens, bool) and max_tokens >= 0 \
+        else None
     if tool is not None:
         name, schema = tool
         args = orjson.dumps(args_from_schema(schema)).decode()
-        return Reply("", name, args, "tool", None, digest, count_text(name + args, model))
+        used = count_text(name + args, model)
+        if limit is None or used <= limit:
+            return Reply("", name, args, "tool", None, digest, used)
+        # Cut short as a provider cuts a tool call: the arguments stop mid-JSON, finish is "length",
+        # and usage counts what was generated (the name's tokens first, then the arguments').
+        enc = encoding_for_model(model)
+        cut = enc.decode(enc.encode(name + args, disallowed_special=())[:limit])
+        return Reply("", name, cut[len(name):] if cut.startswith(name) else "", "length", None, digest, limit)
     if tool_result is not None:
         text = TOOL_PREFIX + tool_result[:QUOTE_CHARS]
     else:
@@ -145,8 +172,8 @@ def plan(
         at, stop_sequence = min(hits)
         text, finish = text[:at], "stop_sequence"
     tokens = encoding_for_model(model).encode(text, disallowed_special=())
-    if isinstance(max_tokens, int) and not isinstance(max_tokens, bool) and 0 <= max_tokens < len(tokens):
-        tokens = tokens[:max_tokens]
+    if limit is not None and limit < len(tokens):
+        tokens = tokens[:limit]
         text = encoding_for_model(model).decode(tokens)
         finish, stop_sequence = "length", None
     return Reply(text, None, None, finish, stop_sequence, digest, len(tokens))

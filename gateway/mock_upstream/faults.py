@@ -18,12 +18,17 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from gateway.mock_upstream.core import last_user_text
 
-FaultKind = Literal["status", "hang", "reset", "malformed", "cut"]
+FaultKind = Literal["status", "hang", "reset", "malformed", "cut", "error_event"]
 DIRECTIVE = "#mock"
 _HEADER_KEYS = {"x-mock-status": "status", "x-mock-retry-after": "retry_after",
                 "x-mock-latency-ms": "latency_ms", "x-mock-fault": "fault",
                 "x-mock-chunk-delay-ms": "chunk_delay_ms"}
-_DIRECTIVE_KEYS = frozenset(_HEADER_KEYS.values())
+# What an error says (a status fault's body, a stream's error event) and the model an answer names:
+# directive-only, so tests can make the mock say what a hostile or broken provider might.
+_TEXT_KEYS = ("message", "param", "code", "model")
+_DIRECTIVE_KEYS = frozenset((*_HEADER_KEYS.values(), *_TEXT_KEYS))
+# Longest wait a request may ask for (ms; a retry-after in s): beyond it, use the hang fault.
+_MAX_WAIT = 3_600_000
 _SIMPLE: dict[str, FaultKind] = {"hang": "hang", "reset": "reset", "malformed": "malformed"}
 _decoder = json.JSONDecoder()
 
@@ -69,6 +74,11 @@ class Fault:
     cut_after: int | None = None
     chunk_delay_ms: float = 0.0
     source: str | None = None  # random | config | header | directive
+    # Set by a directive: the error's message/param/code, and the model name the answer gives.
+    message: str | None = None
+    param: str | None = None
+    code: str | None = None
+    model: str | None = None
 
     def describe(self) -> dict[str, Any] | None:
         """What the request log shows; None when the request was served untouched."""
@@ -107,7 +117,24 @@ def _number(key: str, value: Any, *, integer: bool = False) -> float:
         raise DirectiveError(f"{key} must be a number, got {value!r}") from None
     if number < 0 or number != number:
         raise DirectiveError(f"{key} must not be negative")
+    if number > _MAX_WAIT:
+        raise DirectiveError(f"{key} must be at most {_MAX_WAIT}")
     return number
+
+
+def _text(over: Mapping[str, Any], key: str, default: str | None) -> str | None:
+    if key not in over:
+        return default
+    if not isinstance(over[key], str):
+        raise DirectiveError(f"{key} must be a string")
+    value: str = over[key]
+    return value
+
+
+def _with_texts(fault: Fault, over: Mapping[str, Any]) -> Fault:
+    """`fault` saying what the request asked it to say (what it does not mention is kept)."""
+    return replace(fault, message=_text(over, "message", fault.message), param=_text(over, "param", fault.param),
+                   code=_text(over, "code", fault.code), model=_text(over, "model", fault.model))
 
 
 def _forced(over: Mapping[str, Any], source: str, cfg: FaultConfig, base: Fault) -> Fault:
@@ -115,7 +142,7 @@ def _forced(over: Mapping[str, Any], source: str, cfg: FaultConfig, base: Fault)
     latency = _number("latency_ms", over["latency_ms"]) if "latency_ms" in over else base.latency_ms
     delay = _number("chunk_delay_ms", over["chunk_delay_ms"]) if "chunk_delay_ms" in over else base.chunk_delay_ms
     retry = _number("retry_after", over["retry_after"]) if "retry_after" in over else None
-    timing = Fault(latency_ms=latency, chunk_delay_ms=delay, source=source)
+    timing = _with_texts(Fault(latency_ms=latency, chunk_delay_ms=delay, source=source), over)
     fault = over.get("fault")
     if fault is not None:
         fault = str(fault).strip().lower()
@@ -125,7 +152,10 @@ def _forced(over: Mapping[str, Any], source: str, cfg: FaultConfig, base: Fault)
             return replace(timing, kind=_SIMPLE[fault])
         if fault.startswith("cut:"):
             return replace(timing, kind="cut", cut_after=int(_number("cut", fault[4:], integer=True)))
-        raise DirectiveError(f"fault must be hang, reset, malformed, cut:N or none, got {fault!r}")
+        if fault.startswith("error:"):
+            # A stream that sends N events, then an error event in the provider's shape.
+            return replace(timing, kind="error_event", cut_after=int(_number("error", fault[6:], integer=True)))
+        raise DirectiveError(f"fault must be hang, reset, malformed, cut:N, error:N or none, got {fault!r}")
     if "status" in over:
         status = int(_number("status", over["status"], integer=True))
         if not 100 <= status <= 599:
@@ -138,7 +168,8 @@ def _forced(over: Mapping[str, Any], source: str, cfg: FaultConfig, base: Fault)
     # Only timing (or retry-after) was given: the random draw's fault, if any, stands.
     if base.kind == "status" and retry is not None:
         base = replace(base, retry_after_s=retry)
-    return replace(base, latency_ms=latency, chunk_delay_ms=delay, source=base.source if base.kind else source)
+    return _with_texts(replace(base, latency_ms=latency, chunk_delay_ms=delay,
+                               source=base.source if base.kind else source), over)
 
 
 class FaultInjector:
@@ -183,7 +214,7 @@ class FaultInjector:
         directive = find_directive(body) if body is not None else None
         if directive:
             fault = _forced(directive, "directive", self.config, fault)
-        if fault.kind == "cut" and not stream:
+        if fault.kind in ("cut", "error_event") and not stream:
             # Only a stream can be cut between events; a plain answer is served whole.
-            return Fault(latency_ms=fault.latency_ms, source=fault.source)
+            return Fault(latency_ms=fault.latency_ms, source=fault.source, model=fault.model)
         return fault

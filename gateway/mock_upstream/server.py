@@ -18,18 +18,18 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from gateway.mock_upstream import control
+from gateway.mock_upstream import control, validation
 from gateway.mock_upstream.answers import (
     anthropic_events,
     anthropic_message,
     chat_chunks,
     chat_completion,
-    check_choices,
     embeddings_response,
 )
 from gateway.mock_upstream.control import MockState, RequestLog
+from gateway.mock_upstream.core import Refused, encoded_body
 from gateway.mock_upstream.faults import DirectiveError, Fault, FaultConfig, FaultInjector
-from gateway.mock_upstream.shapes import Api, error_response, mask_key
+from gateway.mock_upstream.shapes import Api, error_event, error_response, mask_key
 from gateway.mock_upstream.transport import EventStreamResponse, GoneResponse, ResetResponse, hang
 
 Kind = Literal["chat", "embeddings", "messages"]
@@ -83,28 +83,18 @@ def _validate(api: Api, kind: Kind, body: dict[str, Any], headers: Mapping[str, 
     if api == "anthropic":
         if "anthropic-version" not in headers:
             raise _Problem(400, "anthropic-version: header is required")
-        for name, ok in (("model", isinstance(body.get("model"), str)),
-                         ("max_tokens", isinstance(body.get("max_tokens"), int)),
-                         ("messages", isinstance(body.get("messages"), list))):
-            if not ok:
-                raise _Problem(400, f"{name}: Field required" if name not in body else f"{name}: Input is invalid")
-        return
-    if api == "openai" and not isinstance(body.get("model"), str):
-        raise _Problem(400, "you must provide a model parameter", param="model")
-    if kind == "chat" and not (isinstance(body.get("messages"), list) and body["messages"]):
-        raise _Problem(400, "Missing required parameter: 'messages'.", param="messages",
-                       code="missing_required_parameter")
-    if kind == "chat":
-        try:
-            check_choices(body)
-        except ValueError as exc:
-            raise _Problem(400, str(exc), param="n", code="invalid_value") from None
-    if kind == "embeddings" and "input" not in body:
-        raise _Problem(400, "Missing required parameter: 'input'.", param="input", code="missing_required_parameter")
+        validation.check_anthropic_messages(body)
+    elif kind == "chat":
+        validation.check_openai_chat(body, model_in_path=api == "azure")
+    else:
+        validation.check_openai_embeddings(body, model_in_path=api == "azure")
 
 
-def _sse(events: list[bytes], tail: bytes, fault: Fault, headers: dict[str, str]) -> Response:
+def _sse(api: Api, events: list[bytes], tail: bytes, fault: Fault, headers: dict[str, str]) -> Response:
     delay = fault.chunk_delay_ms / 1000
+    if fault.kind == "error_event":
+        events = events[: fault.cut_after or 0]
+        tail = error_event(api, fault.message, param=fault.param, code=fault.code)
     if fault.kind == "malformed":
         # The second event's JSON stops half-way; the stream then ends normally.
         events = [*events[:1], events[1][: len(events[1]) // 2] + b"\n\n"] if len(events) > 1 else [b"data: {\n\n"]
@@ -118,21 +108,18 @@ def _answer(api: Api, kind: Kind, body: dict[str, Any], model: str, dims: int, f
     if stream and kind == "messages":
         encoded = [b"event: " + name.encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n"
                    for name, data in anthropic_events(body, model=model)]
-        return _sse(encoded[:-1], encoded[-1], fault, headers)
+        return _sse(api, encoded[:-1], encoded[-1], fault, headers)
     if stream:
         options = body.get("stream_options")
         usage = isinstance(options, dict) and options.get("include_usage") is True
         chunks = [b"data: " + orjson.dumps(c) + b"\n\n" for c in chat_chunks(body, model=model, include_usage=usage)]
-        return _sse(chunks, b"data: [DONE]\n\n", fault, headers)
+        return _sse(api, chunks, b"data: [DONE]\n\n", fault, headers)
     if kind == "messages":
         raw = orjson.dumps(anthropic_message(body, model=model))
     elif kind == "chat":
         raw = orjson.dumps(chat_completion(body, model=model))
     else:
-        try:
-            raw = orjson.dumps(embeddings_response(body, model=model, dims=dims))
-        except ValueError as exc:
-            raise _Problem(400, str(exc), param="input") from None
+        raw = orjson.dumps(embeddings_response(body, model=model, dims=dims))
     if fault.kind == "malformed":
         raw = raw[: len(raw) // 2]
     return Response(raw, headers=headers, media_type="application/json")
@@ -162,8 +149,12 @@ async def _handle(request: Request, state: MockState, entry: dict[str, Any], api
         raise _Problem(400, _BAD_JSON[api]) from None
     if not isinstance(body, dict):
         raise _Problem(400, _BAD_JSON[api])
-    entry["body"] = body
-    _validate(api, kind, body, request.headers)
+    try:
+        encoded_body(body)  # one too deep to encode again could be neither answered nor shown in the log
+        entry["body"] = body
+        _validate(api, kind, body, request.headers)
+    except Refused as exc:
+        raise _Problem(400, exc.message, param=exc.param, code=exc.code) from None
     try:
         fault = state.injector.decide(request.headers, body, stream=body.get("stream") is True)
     except DirectiveError as exc:
@@ -178,9 +169,16 @@ async def _handle(request: Request, state: MockState, entry: dict[str, Any], api
             return GoneResponse()
         raise _Problem(504, "mock: hang ended without the client giving up")
     if fault.kind == "status" and fault.status is not None:
-        return error_response(api, fault.status, retry_after_s=fault.retry_after_s, request_id=request_id)
+        return error_response(api, fault.status, fault.message, param=fault.param, code=fault.code,
+                              retry_after_s=fault.retry_after_s, request_id=request_id)
     headers = {"request-id" if api == "anthropic" else "x-request-id": request_id}
-    return _answer(api, kind, body, model or str(body.get("model", "")), state.dims, fault, headers)
+    try:
+        served = fault.model if fault.model is not None else model or str(body.get("model", ""))
+        return _answer(api, kind, body, served, state.dims, fault, headers)
+    except Refused as exc:
+        raise _Problem(400, exc.message, param=exc.param, code=exc.code) from None
+    except ValueError as exc:  # an embeddings input OpenAI would reject
+        raise _Problem(400, str(exc), param="input") from None
 
 
 async def openai_chat(request: Request) -> Response:

@@ -80,3 +80,14 @@ def error_response(api: Api, status: int, message: str | None = None, *, param: 
         headers["request-id" if api == "anthropic" else "x-request-id"] = request_id
     return Response(error_body(api, status, message, param=param, code=code, request_id=request_id),
                     status_code=status, headers=headers, media_type="application/json")
+
+
+def error_event(api: Api, message: str | None, *, param: str | None = None, code: str | None = None) -> bytes:
+    """An error sent mid-stream, after a 200, as each provider sends one."""
+    if api == "anthropic":
+        data = orjson.dumps({"type": "error", "error": {"type": code or "api_error",
+                                                        "message": message or "Internal server error"}})
+        return b"event: error\ndata: " + data + b"\n\n"
+    data = orjson.dumps({"error": {"message": message or "The server had an error while processing your request.",
+                                   "type": "server_error", "param": param, "code": code}})
+    return b"data: " + data + b"\n\n"

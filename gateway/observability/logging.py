@@ -26,6 +26,24 @@ _POLL_S = 0.02  # how often an idle writer looks for lines
 ACCESS_LOGGER = "gateway.access"
 
 
+# A line longer than this is written again with every string in it cut to _FIELD_CHARS (a traceback to
+# _EXC_CHARS). Callers bound what a client or a provider chose; this is the net under them, and costs
+# one length check per line, on the writer thread.
+MAX_LINE_BYTES = 16_384
+_FIELD_CHARS = 1024
+_EXC_CHARS = 8192
+
+
+def _bounded(value: Any, limit: int = _FIELD_CHARS) -> Any:
+    if isinstance(value, str):
+        return value if len(value) <= limit else value[:limit] + "...[truncated]"
+    if isinstance(value, dict):
+        return {str(k)[:limit]: _bounded(v, _EXC_CHARS if k == "exc" else limit) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_bounded(v, limit) for v in value[:64]]
+    return value
+
+
 # The last whole second formatted, per thread: every line of a second shares it.
 _seconds = threading.local()
 
@@ -51,7 +69,10 @@ class JsonFormatter(logging.Formatter):
             out.update(fields)
         if record.exc_info:
             out["exc"] = self.formatException(record.exc_info)
-        return orjson.dumps(out, default=str).decode()
+        line = orjson.dumps(out, default=str)
+        if len(line) > MAX_LINE_BYTES:
+            line = orjson.dumps(_bounded(out), default=str)
+        return line.decode()
 
 
 def _access_line(created: float, fields: dict[str, Any]) -> bytes:
@@ -59,6 +80,8 @@ def _access_line(created: float, fields: dict[str, Any]) -> bytes:
     head = b'{"ts":"%s","level":"info","logger":"%s","msg":"request"' % (_timestamp(created).encode(),
                                                                          ACCESS_LOGGER.encode())
     body = orjson.dumps(fields, default=str)
+    if len(body) > MAX_LINE_BYTES:
+        body = orjson.dumps(_bounded(fields), default=str)
     return head + b"}" if body == b"{}" else head + b"," + body[1:]
 
 

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from gateway.errors import CLIENT_VALUE_CHARS
 from gateway.providers.base import Usage
 
 
@@ -92,17 +93,18 @@ class Call:
     def log_record(self, attempts: list[dict[str, Any]] | None = None, latency_ms: float | None = None
                    ) -> dict[str, Any]:
         usage = self.usage
+        # What the client chose (method, path, model) is cut to a bound: a slice, free when short.
         rec: dict[str, Any] = {
             "request_id": self.request_id,
-            "method": self.method,
-            "path": self.path,
+            "method": self.method[:CLIENT_VALUE_CHARS],
+            "path": self.path[:CLIENT_VALUE_CHARS],
             "status": self.status,
             "latency_ms": round(self.elapsed_ms() if latency_ms is None else latency_ms, 3),
             "tenant": self.tenant,
             "key_id": self.key_id,
             "route": self.route,
             "provider": self.provider,
-            "model": self.model_requested,
+            "model": self.model_requested[:CLIENT_VALUE_CHARS] if self.model_requested else self.model_requested,
             "model_served": self.model_served,
             "stream": self.stream,
             "prompt_tokens": usage.prompt_tokens if usage else None,

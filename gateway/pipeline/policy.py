@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from gateway.errors import ModelNotFound, PermissionDenied
+from gateway.errors import CLIENT_VALUE_CHARS, ModelNotFound, PermissionDenied, bounded
 from gateway.limits.completion import cap_completion
 from gateway.pipeline.context import Call
 from gateway.settings import RouteSettings, Settings
@@ -16,7 +16,8 @@ _authz_log = logging.getLogger("gateway.authz")
 def resolve_route(settings: Settings, call: Call, model: str) -> RouteSettings:
     route = settings.routes.get(model)
     if route is None:
-        raise ModelNotFound(f"The model `{model}` does not exist or you do not have access to it.", param="model")
+        raise ModelNotFound(f"The model `{bounded(model, CLIENT_VALUE_CHARS)}` does not exist or you do not have "
+                            "access to it.", param="model")
     tenant = settings.tenants.get(call.tenant or "")
     if tenant is None or not tenant.allows(model):
         _authz_log.warning("denied", extra={"fields": {

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from gateway.errors import CLIENT_VALUE_CHARS
 from gateway.ids import sortable_hex
 from gateway.limits.pricing import Pricing
 from gateway.observability.logging import AccessLog
@@ -44,7 +45,7 @@ def envelope_fields(call: Call, attempts: list[dict[str, Any]] | None = None, la
         None,  # template_id
         None,  # template_version
         None,  # template_hash
-        call.model_requested,
+        call.model_requested[:CLIENT_VALUE_CHARS] if call.model_requested else call.model_requested,
         call.model_served,
         call.provider,
         [a.as_dict() for a in call.attempts] if attempts is None else attempts,

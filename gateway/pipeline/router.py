@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from gateway.errors import (
+    BadRequest,
     DeadlineExceeded,
     GatewayError,
     NoTargetAvailable,
@@ -193,6 +194,13 @@ class Router:
                 if not e.retryable:
                     raise
                 continue
+            except BadRequest as e:
+                # The request cannot be put to any target (e.g. nested too deeply to encode): the
+                # client's fault, no verdict on the target, nothing to retry.
+                permit.release()
+                record.error, record.status = type(e).__name__, e.status
+                record.latency_ms = (self.clock() - started) * 1000
+                raise
             except BaseException:
                 permit.release()  # cancelled (the client left) or a gateway bug: no verdict on the target
                 record.error = "Cancelled"

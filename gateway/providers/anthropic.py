@@ -35,14 +35,14 @@ from typing import Any
 
 import orjson
 
-from gateway.errors import BadRequest, UpstreamBadResponse
+from gateway.errors import CLIENT_VALUE_CHARS, BadRequest, UpstreamBadResponse, bounded
 from gateway.providers.anthropic_stream import (
     AnthropicStreamTranslator,
     finish_reason_for,
     openai_usage,
     update_usage,
 )
-from gateway.providers.base import ChatResult, Dialect, Usage
+from gateway.providers.base import ChatResult, Dialect, Usage, served_model_name
 from gateway.settings import ProviderSettings
 
 ANTHROPIC_VERSION = "2023-06-01"
@@ -53,7 +53,9 @@ Block = dict[str, Any]
 
 
 def _bad(param: str, message: str) -> BadRequest:
-    return BadRequest(message, param=param)
+    # Some messages quote what the client sent (a part type, a tool call id): bounded, as anything
+    # of the client's that the gateway repeats.
+    return BadRequest(bounded(message, 2 * CLIENT_VALUE_CHARS), param=param)
 
 
 class AnthropicDialect(Dialect):
@@ -423,7 +425,7 @@ def decode_message(raw: bytes, requested_model: str) -> ChatResult:
     usage = Usage()
     update_usage(usage, msg["usage"])
     finish_reason = finish_reason_for(msg.get("stop_reason"))
-    served_model = msg["model"] if isinstance(msg.get("model"), str) else requested_model
+    served_model = served_model_name(msg.get("model")) or requested_model
     message: dict[str, Any] = {
         "role": "assistant",
         "content": "".join(texts) if texts or not tool_calls else None,
@@ -461,7 +463,10 @@ def _loads_message(raw: bytes) -> dict[str, Any]:
 def _openai_tool_call(block: dict[str, Any]) -> dict[str, Any]:
     if not (isinstance(block.get("id"), str) and isinstance(block.get("name"), str)):
         raise UpstreamBadResponse("Anthropic tool_use block without id or name")
-    arguments = orjson.dumps(block.get("input") or {}).decode()
+    try:
+        arguments = orjson.dumps(block.get("input") or {}).decode()
+    except orjson.JSONEncodeError:  # nested deeper than orjson writes: a broken answer, not a 500
+        raise UpstreamBadResponse("Anthropic tool_use input is nested too deeply") from None
     function = {"name": block["name"], "arguments": arguments}
     return {"id": block["id"], "type": "function", "function": function}
 

@@ -30,9 +30,9 @@ from gateway.errors import (
     UpstreamRejected,
     UpstreamTimeout,
     UpstreamUnavailable,
-    redact,
+    scrub,
 )
-from gateway.providers.base import Usage, reported_tokens
+from gateway.providers.base import Usage, reported_tokens, served_model_name
 
 _FINISH_REASONS: dict[str, str] = {
     "end_turn": "stop",
@@ -114,7 +114,7 @@ def openai_usage(usage: Usage) -> dict[str, Any]:
 
 def upstream_error(error_type: str | None, message: str) -> UpstreamError:
     cls = _ERROR_CLASSES.get(error_type or "", UpstreamError)
-    text = redact(f"Anthropic error ({error_type or 'unknown'}): {message}")
+    text = scrub(f"Anthropic error ({error_type or 'unknown'}): {message}")
     return cls(text)
 
 
@@ -180,8 +180,9 @@ class AnthropicStreamTranslator:
         if not isinstance(message, dict) or not isinstance(message.get("id"), str):
             raise UpstreamBadResponse("Anthropic message_start without a message id")
         self._id = message["id"]
-        if isinstance(message.get("model"), str):
-            self._model = self.served_model = message["model"]
+        served = served_model_name(message.get("model"))
+        if served is not None:
+            self._model = self.served_model = served
         if isinstance(message.get("usage"), dict):
             update_usage(self.usage, message["usage"])
         self._started = True

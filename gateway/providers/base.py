@@ -11,9 +11,10 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import AsyncGenerator, Mapping
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any, Protocol
 
-from gateway.errors import UpstreamBadResponse
+from gateway.errors import UPSTREAM_FIELD_CHARS, UpstreamBadResponse, scrub
 from gateway.settings import ProviderSettings
 
 
@@ -34,6 +35,19 @@ class Usage:
     @property
     def total_tokens(self) -> int:
         return self.prompt_tokens + self.completion_tokens
+
+
+@lru_cache(maxsize=256)  # a provider serves few model names
+def _scrubbed_name(name: str) -> str:
+    return scrub(name, limit=UPSTREAM_FIELD_CHARS)
+
+
+def served_model_name(value: Any) -> str | None:
+    """The model a provider says it served, as the client, the log and the ledger may see it: a string
+    scrubbed of anything that looks like a credential and bounded; anything else is None."""
+    if not isinstance(value, str):
+        return None
+    return _scrubbed_name(value[: 2 * UPSTREAM_FIELD_CHARS])
 
 
 # More tokens than any call can have: a count above it is a broken report, not usage to bill.

@@ -11,8 +11,6 @@ import contextlib
 from collections.abc import AsyncGenerator, Iterator
 from typing import Any, NoReturn
 
-import orjson
-
 from gateway.errors import (
     GatewayError,
     UpstreamAuthFailed,
@@ -22,13 +20,19 @@ from gateway.errors import (
     UpstreamRejected,
     UpstreamTimeout,
     UpstreamUnavailable,
-    redact,
+    bounded,
+    dumps_forwarded,
+    scrub,
+    scrub_error,
+    scrub_field,
 )
 from gateway.providers.base import ChatResult, ChatStream, Dialect, EmbeddingsResult, Provider, StreamTranslator
 from gateway.providers.transport import Origin, Response, TransportError
 from gateway.settings import ProviderSettings
 
 _NOT_RETRYABLE = {400, 404, 413, 422}
+# A retry-after is seconds or an HTTP date (29 characters); a longer one is not passed on whole.
+_RETRY_AFTER_CHARS = 32
 
 
 class HttpProvider(Provider):
@@ -58,7 +62,7 @@ class HttpProvider(Provider):
 
     # -- chat ------------------------------------------------------------------------------
     async def chat(self, body: dict[str, Any], model: str, *, timeout_s: float) -> ChatResult:
-        payload = orjson.dumps(self.dialect.encode_chat(body, model, self.settings))
+        payload = dumps_forwarded(self.dialect.encode_chat(body, model, self.settings))
         raw = await self._post(self.dialect.chat_url(self.settings, model), payload, timeout_s)
         return self.dialect.decode_chat(raw, model)
 
@@ -66,7 +70,7 @@ class HttpProvider(Provider):
         url = self.dialect.embeddings_url(self.settings, model)
         if url is None:
             raise UpstreamRejected(f"provider '{self.name}' has no embeddings API", param="model")
-        payload = orjson.dumps(self.dialect.encode_embeddings(body, model, self.settings))
+        payload = dumps_forwarded(self.dialect.encode_embeddings(body, model, self.settings))
         raw = await self._post(url, payload, timeout_s)
         return self.dialect.decode_embeddings(raw, model)
 
@@ -83,7 +87,7 @@ class HttpProvider(Provider):
 
     async def chat_stream(self, body: dict[str, Any], model: str, *, timeout_s: float,
                           include_usage: bool) -> ChatStream:
-        payload = orjson.dumps(self.dialect.encode_chat(body, model, self.settings))
+        payload = dumps_forwarded(self.dialect.encode_chat(body, model, self.settings))
         url = self.dialect.chat_url(self.settings, model)
         # The deadline bounds the wait for the response head; after that, each read may idle
         # at most timeout_s (a stream may legitimately last longer than one timeout).
@@ -151,8 +155,9 @@ class HttpProvider(Provider):
     def _mapped_errors(self, on_timeout: str, on_connection: str) -> Iterator[None]:
         try:
             yield
-        except GatewayError:
-            raise
+        except GatewayError as e:
+            # Errors a provider sent mid-stream carry its words: scrubbed of this provider's key too.
+            raise scrub_error(e, self.settings.api_key) from None
         except (TimeoutError, TransportError) as e:
             raise self._mapped(e, on_timeout, on_connection) from None
 
@@ -163,8 +168,11 @@ class HttpProvider(Provider):
         return UpstreamUnavailable(f"provider '{self.name}' {on_connection} ({error})")
 
     def _raise_for(self, status: int, raw: bytes, headers: Any) -> NoReturn:
+        # Everything the provider says may reach the client, the log and the ledger: the message,
+        # param and code are scrubbed of credentials (its own key by value) and bounded.
         message, param, code = self.dialect.error_message(status, raw)
-        message = redact(message, self.settings.api_key)
+        key = self.settings.api_key
+        message, param, code = scrub(message, key), scrub_field(param, key), scrub_field(code, key)
         if status in (401, 403):
             # The provider refused the gateway's credentials: never the client's fault, and the
             # provider's text (which may quote the key) is not passed on.
@@ -172,9 +180,9 @@ class HttpProvider(Provider):
         if status == 429:
             out = {}
             if retry_after := headers.get("retry-after"):
-                out["retry-after"] = retry_after
+                out["retry-after"] = bounded(retry_after, _RETRY_AFTER_CHARS)
             if retry_after_ms := headers.get("retry-after-ms"):
-                out["retry-after-ms"] = retry_after_ms
+                out["retry-after-ms"] = bounded(retry_after_ms, _RETRY_AFTER_CHARS)
             raise UpstreamRateLimited(f"provider '{self.name}' is rate limiting: {message}", headers=out)
         if status in _NOT_RETRYABLE:
             raise UpstreamRejected(message, status=status, param=param, code=code)

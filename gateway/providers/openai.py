@@ -11,8 +11,8 @@ from typing import Any
 
 import orjson
 
-from gateway.errors import UpstreamBadResponse
-from gateway.providers.base import ChatResult, Dialect, EmbeddingsResult, Usage, reported_tokens
+from gateway.errors import UpstreamBadResponse, UpstreamError, scrub
+from gateway.providers.base import ChatResult, Dialect, EmbeddingsResult, Usage, reported_tokens, served_model_name
 from gateway.settings import ProviderSettings
 
 
@@ -28,6 +28,13 @@ def usage_from_openai(obj: Any) -> Usage:
         cached_tokens=reported_tokens(details, "cached_tokens") if isinstance(details, dict) else 0,
         reported=True,
     )
+
+
+def stream_error(err: Any) -> UpstreamError:
+    """The gateway's own error for an upstream's mid-stream error event, its message scrubbed and bounded."""
+    message = err.get("message") if isinstance(err, dict) else err
+    text = message if isinstance(message, str) else "no message"
+    return UpstreamError(scrub(f"the provider failed mid-stream: {text}"))
 
 
 class OpenAIStreamTranslator:
@@ -47,15 +54,20 @@ class OpenAIStreamTranslator:
         # Substring checks first: most chunks are plain deltas and need no parse at all.
         has_usage = b'"usage":{' in data or b'"usage": {' in data
         has_finish = self.finish_reason is None and (b'"finish_reason":"' in data or b'"finish_reason": "' in data)
-        if self.served_model is None or has_usage or has_finish:
+        # An OpenAI-compatible server reports a failure after its 200 as an event `{"error": {...}}`:
+        # it is not relayed as it came (it may quote credentials), it ends the stream as a failure.
+        is_error = b'"error"' in data[:16]
+        if self.served_model is None or has_usage or has_finish or is_error:
             try:
                 chunk = orjson.loads(data)
             except orjson.JSONDecodeError:
                 raise UpstreamBadResponse("the provider sent a malformed stream chunk") from None
             if not isinstance(chunk, dict):
                 raise UpstreamBadResponse("the provider sent a malformed stream chunk")
+            if is_error and "error" in chunk and not chunk.get("choices"):
+                raise stream_error(chunk["error"])
             if self.served_model is None:
-                self.served_model = chunk.get("model") or ""
+                self.served_model = served_model_name(chunk.get("model")) or ""
             if has_usage:
                 self.usage = usage_from_openai(chunk.get("usage"))
                 # The gateway asked for usage on the client's behalf; a client that did not ask
@@ -95,7 +107,7 @@ class OpenAIDialect(Dialect):
             raise UpstreamBadResponse("the provider's answer has no choices")
         finish = choices[0].get("finish_reason") if choices and isinstance(choices[0], dict) else None
         return ChatResult(body=raw, usage=usage_from_openai(data.get("usage")),
-                          served_model=data.get("model"), finish_reason=finish)
+                          served_model=served_model_name(data.get("model")), finish_reason=finish)
 
     def stream_translator(self, requested_model: str, include_usage: bool) -> OpenAIStreamTranslator:
         return OpenAIStreamTranslator(include_usage)
@@ -104,7 +116,8 @@ class OpenAIDialect(Dialect):
         data = _parse_object(raw)
         if not isinstance(data.get("data"), list):
             raise UpstreamBadResponse("the provider's embeddings answer has no data")
-        return EmbeddingsResult(body=raw, usage=usage_from_openai(data.get("usage")), served_model=data.get("model"))
+        return EmbeddingsResult(body=raw, usage=usage_from_openai(data.get("usage")),
+                                served_model=served_model_name(data.get("model")))
 
     def error_message(self, status: int, raw: bytes) -> tuple[str, str | None, str | None]:
         try:

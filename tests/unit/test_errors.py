@@ -32,3 +32,16 @@ def test_redact_scrubs_keys() -> None:
     for leaked in ("sk-proj", "abc.def", "gw-abcdefghijk", "my-secret"):
         assert leaked not in out
     assert "Incorrect API key provided" in out
+
+
+def test_scrub_redacts_then_bounds_and_reads_only_twice_the_bound() -> None:
+    from gateway.errors import bounded, scrub, scrub_field
+
+    assert bounded("abc", 3) == "abc" and bounded("abcd", 3) == "abc...[truncated]"
+    text = "key sk-abcdefghijkl and Bearer tok.en-1 and plainsecret " + "w " * 5000
+    out = scrub(text, "plainsecret", limit=100)
+    assert "sk-abc" not in out and "tok.en" not in out and "plainsecret" not in out
+    assert out.startswith("key [redacted] and [redacted] and [redacted]") and len(out) <= 100 + 14
+    # a credential that starts inside the bound is still recognised, however long the text
+    assert "sk-" not in scrub("x " * 49 + "sk-" + "a" * 10_000, limit=100)
+    assert scrub_field(5) is None and scrub_field("code") == "code"

@@ -11,7 +11,7 @@ import pytest
 
 from gateway.limits.tokens import count_messages, count_text
 from gateway.mock_upstream.answers import chat_chunks, chat_completion, check_choices, embeddings_response
-from gateway.mock_upstream.core import args_from_schema
+from gateway.mock_upstream.core import Refused, args_from_schema
 
 MODEL = "gpt-4o-mini"
 WEATHER = {
@@ -254,3 +254,35 @@ def test_embeddings_accept_token_arrays_and_dimensions() -> None:
     for bad in (None, 5, [], [{"x": 1}]):
         with pytest.raises(ValueError):
             embeddings_response({"input": bad}, model="m")
+
+
+def test_tool_call_answers_respect_max_tokens() -> None:
+    whole = chat_completion(_chat(tools=[WEATHER]), model=MODEL)
+    call = whole["choices"][0]["message"]["tool_calls"][0]["function"]
+    used = count_text(call["name"] + call["arguments"], MODEL)
+    assert whole["usage"]["completion_tokens"] == used > 6
+    for field in ("max_tokens", "max_completion_tokens"):
+        cut = chat_completion(_chat(tools=[WEATHER], **{field: 6}), model=MODEL)
+        choice = cut["choices"][0]
+        assert choice["finish_reason"] == "length" and cut["usage"]["completion_tokens"] == 6
+        args = choice["message"]["tool_calls"][0]["function"]["arguments"]
+        assert call["arguments"].startswith(args) and len(args) < len(call["arguments"])
+        assert count_text(call["name"] + args, MODEL) <= 6
+    # streamed the same: the argument fragments add up to the cut arguments, usage says 6
+    chunks = chat_chunks(_chat(tools=[WEATHER], max_tokens=6), model=MODEL, include_usage=True)
+    streamed = "".join(tc["function"].get("arguments") or "" for c in chunks if c["choices"]
+                       for tc in c["choices"][0]["delta"].get("tool_calls") or ())
+    assert streamed == args and chunks[-1]["usage"]["completion_tokens"] == 6
+    assert [c["choices"][0]["finish_reason"] for c in chunks if c["choices"]][-1] == "length"
+
+
+def test_tool_choice_and_dimensions_a_provider_refuses_are_refusals_not_crashes() -> None:
+    odd = chat_completion(_chat(tools=[WEATHER], tool_choice={"function": 5}), model=MODEL)
+    assert odd["choices"][0]["message"]["tool_calls"][0]["function"]["name"] == "get_weather"
+    with pytest.raises(Refused) as info:
+        embeddings_response({"input": "x", "dimensions": 2**62}, model="text-embedding-3-small")
+    assert info.value.param == "dimensions"
+    deep = orjson.loads(b'{"messages": [{"role": "user", "content": "hi"}], "x": ' + b"[" * 300 + b"]" * 300 + b"}")
+    with pytest.raises(Refused) as info:
+        chat_completion(deep, model=MODEL)
+    assert info.value.code == "nesting_too_deep"

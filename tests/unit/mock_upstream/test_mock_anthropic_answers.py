@@ -109,3 +109,17 @@ def test_tool_use_streams_input_json_deltas() -> None:
     assert all(d["type"] == "input_json_delta" for d in deltas)
     assert orjson.loads("".join(d["partial_json"] for d in deltas)) == plain["input"]
     assert events[-2][1]["delta"]["stop_reason"] == "tool_use"
+
+
+def test_tool_use_respects_max_tokens() -> None:
+    body = {**_body(), "tools": [WEATHER]}
+    whole = anthropic_message(body)
+    assert whole["stop_reason"] == "tool_use" and whole["usage"]["output_tokens"] > 4
+    cut = anthropic_message({**body, "max_tokens": 4})
+    assert cut["stop_reason"] == "max_tokens" and cut["usage"]["output_tokens"] == 4
+    assert cut["content"][0]["type"] == "tool_use"
+    events = anthropic_events({**body, "max_tokens": 4})
+    partial = "".join(d["delta"].get("partial_json", "") for name, d in events if name == "content_block_delta")
+    assert orjson.dumps(whole["content"][0]["input"]).decode().startswith(partial)
+    (delta,) = [d for name, d in events if name == "message_delta"]
+    assert delta["delta"]["stop_reason"] == "max_tokens" and delta["usage"]["output_tokens"] == 4

@@ -60,3 +60,16 @@ def test_the_writer_writes_every_line_to_a_text_or_binary_stream(binary: bool, r
     assert access[0]["tenant"] == "é"
     other = [line for line in lines if line["logger"] == "gateway.test"]
     assert other == [{"ts": other[0]["ts"], "level": "warning", "logger": "gateway.test", "msg": "careful", "n": 1}]
+
+
+def test_a_line_over_the_bound_is_written_again_with_every_string_bounded() -> None:
+    from gateway.observability.logging import MAX_LINE_BYTES
+
+    small = _access_line(0.0, {"model": "m" * 100, "status": 200})
+    assert b"m" * 100 in small  # under the bound: untouched
+    line = _access_line(0.0, {"model": "m" * 1_000_000, "error": {"type": "X", "code": "c" * 50_000},
+                              "attempts": [{"provider": "p" * 40_000}]})
+    assert len(line) < MAX_LINE_BYTES
+    record = orjson.loads(line)
+    assert record["model"].endswith("...[truncated]") and record["error"]["type"] == "X"
+    assert record["attempts"][0]["provider"].startswith("ppp")

@@ -798,3 +798,12 @@ def test_stream_malformed_events(dialect: AnthropicDialect, data: bytes) -> None
     translator = dialect.stream_translator("route", include_usage=False)
     with pytest.raises(UpstreamBadResponse):
         translator.feed("message_start", data)
+
+
+def test_a_tool_input_too_deep_to_encode_is_a_bad_response(dialect: AnthropicDialect) -> None:
+    deep = b"[" * 300 + b"]" * 300
+    raw = (b'{"id": "msg_1", "type": "message", "role": "assistant", "model": "m", "stop_reason": "tool_use", '
+           b'"usage": {"input_tokens": 1, "output_tokens": 1}, "content": [{"type": "tool_use", "id": "t", '
+           b'"name": "f", "input": {"a": ' + deep + b"}}]}")
+    with pytest.raises(UpstreamBadResponse):
+        dialect.decode_chat(raw, "claude")
