@@ -184,13 +184,24 @@ class _Refused(Exception):
     """Raised in a parser callback once the request is answered: it stops the parser."""
 
 
+def _limits_of(app: Any) -> ConnectionLimits:
+    """The app's limits, through the middlewares uvicorn may wrap it in (each keeps it as `.app`)."""
+    for _ in range(8):
+        limits = getattr(app, LIMITS_ATTRIBUTE, None)
+        if isinstance(limits, ConnectionLimits):
+            return limits
+        app = getattr(app, "app", None)
+        if app is None:
+            break
+    return ConnectionLimits()
+
+
 class GatewayHttpToolsProtocol(HttpToolsProtocol):
     """uvicorn's protocol with the joined response head, the lean cycle, and the request read limits."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        limits = getattr(self.app, LIMITS_ATTRIBUTE, None)
-        self.limits: ConnectionLimits = limits if isinstance(limits, ConnectionLimits) else ConnectionLimits()
+        self.limits = _limits_of(self.app)
         self._reading = _HEAD
         self._since = 0.0  # when what is being read (or the idle wait) began, on the loop's clock
         self._chunk = 0  # the size of the chunk being parsed
@@ -340,11 +351,13 @@ class GatewayHttpToolsProtocol(HttpToolsProtocol):
 
     def _body_timed_out(self) -> None:
         limits, cycle = self.limits, self.cycle
-        if not cycle.response_started:
-            # The app may be waiting for the body: it now sees the client gone, and sends nothing.
-            cycle.scope[READ_TIMED_OUT] = True  # type: ignore[literal-required]
-            cycle.disconnected = True
-            cycle.message_event.set()
+        if cycle.response_started:  # answered without its body (a 401, a 503): nothing more to say
+            self._refuse(None, "body_timeout")
+            return
+        # The app may be waiting for the body: it now sees the client gone, and sends nothing.
+        cycle.scope[READ_TIMED_OUT] = True  # type: ignore[literal-required]
+        cycle.disconnected = True
+        cycle.message_event.set()
         self._refuse(RequestTimeout(
             f"The request body came slower than {limits.min_body_rate_bytes_s} bytes/s after "
             f"{limits.body_timeout_s:g} s."), "body_timeout")
@@ -365,15 +378,19 @@ class GatewayHttpToolsProtocol(HttpToolsProtocol):
         self._refuse(exc, reason)
         raise _Refused  # stops the parser; data_received knows it
 
-    def _refuse(self, exc: GatewayError, reason: str) -> None:
+    def _refuse(self, exc: GatewayError | None, reason: str) -> None:
         """Count the refusal, answer `exc` with `connection: close`, and close after a bounded linger.
 
-        With an earlier request still being answered on the connection (pipelining), that answer
-        is the connection's last and nothing else is written."""
+        With a request still being answered on the connection (an earlier one, pipelined), that
+        answer is the connection's last and nothing else is written; with no `exc` (the request
+        was answered already), the connection is closed at once."""
         self.limits.refused(reason)
         busy = self._busy()
         if busy is not None:
             busy.keep_alive = False
+        elif exc is None:
+            self.transport.close()
+            return
         else:
             status, body, headers = error_response_parts(exc, request_id())
             parts = [STATUS_LINE[status]]

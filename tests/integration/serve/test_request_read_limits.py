@@ -201,7 +201,7 @@ def test_a_64_kb_header_and_5000_headers_are_431(gateway: GatewayInstance) -> No
 
 
 def test_a_64_mb_header_does_not_grow_the_process(gateway: GatewayInstance) -> None:
-    pid = _gateway_pid(gateway)
+    pid = gateway.process.pid
     before = _rss_kb(pid)
     with _Counted(gateway) as counted, _connect(gateway) as sock:
         sock.sendall(CHAT + b"x-huge: ")
@@ -218,10 +218,6 @@ def test_a_64_mb_header_does_not_grow_the_process(gateway: GatewayInstance) -> N
     assert _rss_kb(pid) - before < 8 * 1024
     assert counted.grown == {"head_too_large": 1}
     assert httpx.get(gateway.url + "/healthz", timeout=5).status_code == 200
-
-
-def _gateway_pid(gw: GatewayInstance) -> int:
-    return gw.process.pid
 
 
 # -- the done-when line: stalled strangers hold nothing that operators or tenants need -------------
