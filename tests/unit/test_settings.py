@@ -84,3 +84,23 @@ def test_config_path_precedence() -> None:
     assert str(config_path_from("a.yaml", {"GATEWAY_CONFIG": "b.yaml"})) == "a.yaml"
     assert str(config_path_from(None, {"GATEWAY_CONFIG": "b.yaml"})) == "b.yaml"
     assert str(config_path_from(None, {})) == "config/gateway.yaml"
+
+
+@pytest.mark.parametrize(("server", "message"), [
+    ("{max_head_bytes: 100}", "server.max_head_bytes: Input should be greater than or equal to 1024"),
+    ("{max_headers: 0}", "server.max_headers: "),
+    ("{head_timeout_s: 0}", "server.head_timeout_s: "),
+    ("{body_timeout_s: -1}", "server.body_timeout_s: "),
+    ("{min_body_rate_bytes_s: 0}", "server.min_body_rate_bytes_s: "),
+    ("{head_timeout: 5}", "server.head_timeout: unknown key"),
+])
+def test_request_read_limits_are_validated(tmp_path: Path, server: str, message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings(_write(tmp_path, f"server: {server}\n"), env={})
+    assert message in str(info.value) and "\n" not in str(info.value)
+
+
+def test_request_read_limits_default_to_bounds_a_slow_or_huge_request_cannot_pass() -> None:
+    server = load_settings(REPO / "config" / "gateway.yaml", env={}).server
+    assert (server.max_head_bytes, server.max_headers) == (32_768, 100)
+    assert (server.head_timeout_s, server.body_timeout_s, server.min_body_rate_bytes_s) == (10.0, 20.0, 1024)
