@@ -287,3 +287,53 @@ async def test_an_invalid_request_is_400_as_uvicorn_answers_it() -> None:
     protocol.data_received(b"GET / HTTP/1.1\r\ncontent-length: x\r\n\r\n")
     assert transport.written.startswith(b"HTTP/1.1 400 Bad Request\r\n") and transport.closed
     assert app.refused == []
+
+
+# -- the parser callbacks kept in line give the app what uvicorn's own give it -----------------------
+
+class Recorder:
+    """Records the scope and every message the app receives; answers 200 once the body is in."""
+
+    def __init__(self) -> None:
+        self.seen: list[Any] = []
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        self.seen.append({k: v for k, v in scope.items() if k != "state"})
+        while True:
+            message = await receive()
+            self.seen.append(message)
+            if message["type"] != "http.request" or not message.get("more_body"):
+                break
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"0")]})
+        await send({"type": "http.response.body", "body": b""})
+
+
+PARITY_CHUNKS = [
+    [b"GET /v1/models?x=1 HTTP/1.1\r\nHost: gw\r\nX-Mixed-Case: A\r\n\r\n"],
+    [POST + b"Content-Length: 5\r\nExpect: 100-continue\r\n\r\n", b"ab", b"cde"],
+    [POST + b"transfer-encoding: chunked\r\n\r\n3\r\nabc\r\n", b"2\r\nde\r\n0\r\n\r\n"],
+    [b"POST /v1/embeddings HTTP/1.0\r\ncontent-length: 2\r\n\r\n{}"],
+    [POST + b"content-length: 2\r\n\r\n{}" + POST + b"content-length: 1\r\n\r\nx"],  # pipelined
+    [b"GET /%7Euser HTTP/1.1\r\nhost: gw\r\n\r\n"],
+]
+
+
+@pytest.mark.parametrize("chunks", PARITY_CHUNKS)
+async def test_the_app_sees_what_uvicorns_protocol_gives_it(chunks: list[bytes]) -> None:
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+    outcomes = []
+    for kind in (HttpToolsProtocol, GatewayHttpToolsProtocol):
+        app = Recorder()
+        config = Config(app=app, lifespan="off", log_config=None)
+        protocol = kind(config, ServerState(), {"k": 1}, _loop=asyncio.get_running_loop())
+        transport = Transport()
+        protocol.connection_made(transport)  # type: ignore[arg-type]
+        for chunk in chunks:
+            protocol.data_received(chunk)
+            await _settle()
+        await _settle()
+        outcomes.append((app.seen, transport.written, transport.closed))
+        protocol.connection_lost(None)
+    assert outcomes[0] == outcomes[1]
+    assert outcomes[0][0] and outcomes[0][1].startswith(b"HTTP/1.1 ")
