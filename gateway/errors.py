@@ -137,12 +137,20 @@ class MethodNotAllowed(GatewayError):
     status, type, code = 405, "invalid_request_error", "method_not_allowed"
 
 
+class RequestTimeout(GatewayError):
+    status, type, code = 408, "invalid_request_error", "request_timeout"
+
+
 class PayloadTooLarge(GatewayError):
     status, type, code = 413, "invalid_request_error", "request_too_large"
 
 
 class UnsupportedMediaType(GatewayError):
     status, type, code = 415, "invalid_request_error", "unsupported_media_type"
+
+
+class HeaderFieldsTooLarge(GatewayError):
+    status, type, code = 431, "invalid_request_error", "request_header_fields_too_large"
 
 
 class RateLimited(GatewayError):

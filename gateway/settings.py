@@ -57,6 +57,18 @@ class ServerSettings(_Model):
     # Admin and operations traffic has its own small pool, so a flood of model calls cannot lock
     # an operator out.
     admin_max_in_flight: int = Field(16, gt=0)
+    # What reading a request may cost before any of it is answered (enforced by the HTTP protocol,
+    # before auth and before any in-flight slot): a head (request line and headers) must arrive
+    # within head_timeout_s of its first byte (a new connection's first head: of the connection's
+    # opening), in at most max_head_bytes and max_headers headers, else 408 or 431 and the
+    # connection is closed. A body's deadline is body_timeout_s after its head ends, moved one
+    # second later for every min_body_rate_bytes_s bytes that arrive: a body slower than that gets
+    # 408 and the connection is closed.
+    head_timeout_s: float = Field(10.0, gt=0, le=3600)
+    max_head_bytes: int = Field(32_768, ge=1024, le=16_777_216)
+    max_headers: int = Field(100, ge=1, le=10_000)
+    body_timeout_s: float = Field(20.0, gt=0, le=3600)
+    min_body_rate_bytes_s: int = Field(1024, gt=0)
 
 
 class StorageSettings(_Model):

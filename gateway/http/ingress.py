@@ -3,6 +3,11 @@
 A plain ASGI middleware (no per-request Starlette objects). Every response leaves with an
 `x-request-id`; every `GatewayError` becomes an OpenAI error body; anything unexpected becomes
 a 500 in the same shape, logged with its traceback, never a dropped connection.
+
+What reading a request may cost (head size and time, a declared body over the limit, a body's
+rate) is enforced by the HTTP protocol before a request gets here (`server_protocol.py`, which
+takes its `ConnectionLimits` from this app). So no answer here waits for a body it will not use:
+a refused request's unread body is dropped by the protocol, under its timers, holding no slot.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.deadlines import Deadlines
 from gateway.errors import GatewayError, InternalError, Overloaded, PayloadTooLarge, error_response_parts
+from gateway.http.server_protocol import READ_TIMED_OUT, ConnectionLimits
 from gateway.ids import request_id
 from gateway.pipeline.context import Call
 from gateway.pipeline.record import record_call
@@ -37,16 +43,6 @@ def _client_request_id(headers: list[tuple[bytes, bytes]]) -> str | None:
     return None
 
 
-def _content_length(headers: list[tuple[bytes, bytes]]) -> int | None:
-    for name, value in headers:
-        if name == b"content-length":
-            try:
-                return int(value)
-            except ValueError:
-                return None
-    return None
-
-
 def _is_operations(path: str) -> bool:
     return path.startswith("/admin") or path in _QUIET_PATHS or path == "/dashboard"
 
@@ -55,7 +51,14 @@ class IngressMiddleware:
     def __init__(self, app: ASGIApp, gateway: Gateway) -> None:
         self.app = app
         self.gateway = gateway
-        self.max_body_bytes = gateway.settings.server.max_body_bytes
+        server = gateway.settings.server
+        self.max_body_bytes = server.max_body_bytes
+        rejected = gateway.metrics.rejected
+        self.connection_limits = ConnectionLimits(
+            max_head_bytes=server.max_head_bytes, max_headers=server.max_headers,
+            head_timeout_s=server.head_timeout_s, body_timeout_s=server.body_timeout_s,
+            min_body_rate_bytes_s=server.min_body_rate_bytes_s, max_body_bytes=server.max_body_bytes,
+            refused=lambda reason: rejected.labels(reason).inc())
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -87,13 +90,7 @@ class IngressMiddleware:
         try:
             if not admitted:
                 self.gateway.metrics.rejected.labels("gateway_in_flight").inc()
-                await _drain(receive, limit=self.max_body_bytes)
                 raise Overloaded("The gateway is at capacity; retry shortly.", headers=retry_after_headers(0.25))
-            length = _content_length(headers)
-            if length is not None and length > self.max_body_bytes:
-                await _drain(receive, limit=16 * self.max_body_bytes)
-                raise PayloadTooLarge(
-                    f"Request body of {length} bytes exceeds the limit of {self.max_body_bytes} bytes.")
             await self.app(scope, watch.receive, send_wrapper)
         except GatewayError as exc:
             await self._error(exc, call, started, send)
@@ -103,7 +100,8 @@ class IngressMiddleware:
             # Our own cancellation: the client left, and everything it started has been stopped.
             asyncio.current_task().uncancel()  # type: ignore[union-attr]
             call.client_disconnected = True
-            call.status = 499
+            # 408: the protocol answered a body that came too slowly, and the app saw the client go.
+            call.status = 408 if scope.get(READ_TIMED_OUT) else 499
         except Exception:
             _log.exception("unhandled error", extra={"fields": {"request_id": call.request_id}})
             await self._error(InternalError("The gateway failed to process the request."), call, started, send)
@@ -127,18 +125,6 @@ class IngressMiddleware:
         call.status = status
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
-
-
-async def _drain(receive: Receive, limit: int) -> None:
-    """Read and discard an oversized body so the client can read our 413 instead of a reset."""
-    seen = 0
-    while seen <= limit:
-        message = await receive()
-        if message["type"] != "http.request":
-            return
-        seen += len(message.get("body", b""))
-        if not message.get("more_body", False):
-            return
 
 
 class _DisconnectWatch:
@@ -183,13 +169,17 @@ class _DisconnectWatch:
             self._seen += len(message.get("body", b""))
             more = message.get("more_body", False)
             if self._seen > self._limit:
-                if more:
-                    await _drain(self._receive, limit=16 * self._limit)
+                # The rest of the body is dropped by the protocol, not read here: no slot waits for it.
                 raise PayloadTooLarge(f"Request body exceeds the limit of {self._limit} bytes.")
             if not more:
                 self._body_done = True
                 self._timer = self._deadlines.add(asyncio.get_running_loop().time() + WATCH_AFTER_S,
                                                   self._start_watch)
+        else:
+            # The client left (or the protocol closed a body that came too slowly) before its body
+            # was in: what arrived is not the request, so nothing may go on with it.
+            self.disconnected = True
+            raise asyncio.CancelledError
         return message
 
     def _start_watch(self) -> None:

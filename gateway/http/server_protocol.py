@@ -11,15 +11,37 @@ uvicorn also checks each response header with two regular expressions and lower-
 values in one table lookup per byte instead, for a head of lower-case names it can write as it is;
 any other head (upper-case names, a `connection` or `transfer-encoding` header, a bad byte) goes
 to uvicorn's own code unchanged, which also raises its errors.
+
+What reading a request may cost is bounded here, before the app (and so before auth or any
+in-flight slot) sees it: a head must arrive within `head_timeout_s` in at most `max_head_bytes`
+and `max_headers` headers (else 408 or 431), a declared body over `max_body_bytes` is answered 413
+at once, and a body must keep a minimum rate (else 408). Each refusal is answered in OpenAI's error
+shape with `connection: close`, counted, and followed by a bounded lingering close: what the client
+still sends is read and dropped for at most LINGER_S (and `max_body_bytes`), so that the answer is
+not lost to a reset, then the connection is closed.
+
+One timer per connection, armed when it opens and re-armed only when it fires, watches all of it,
+including the keep-alive idle timeout uvicorn would arm and cancel as a new timer per request. A
+request only notes the loop's clock when its head begins and ends and when its answer is done; the
+timer compares. Head bytes are counted per received chunk while a head is incomplete (httptools
+keeps an unfinished header in memory, so this is what bounds it), and the exact size is computed
+only for a head whose chunks went over the limit.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
+import httptools
 from uvicorn._types import ASGISendEvent
+from uvicorn.protocols.http.flow_control import HIGH_WATER_LIMIT
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol, RequestResponseCycle
+
+from gateway.errors import GatewayError, HeaderFieldsTooLarge, PayloadTooLarge, RequestTimeout, error_response_parts
+from gateway.ids import request_id
 
 _HEAD_START = b"HTTP/"
 
@@ -56,6 +78,10 @@ class _HeadJoiningTransport:
     def close(self) -> None:
         self._flush()
         self._transport.close()
+
+    def write_eof(self) -> None:
+        self._flush()
+        self._transport.write_eof()
 
     def is_closing(self) -> bool:
         return self._transport.is_closing()
@@ -127,12 +153,288 @@ class _LeanCycle(RequestResponseCycle):
         return STATUS_LINE[status] + lines + b"\r\n\r\n"
 
 
-class HeadJoiningHttpToolsProtocol(HttpToolsProtocol):
+def _uncounted(reason: str) -> None:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class ConnectionLimits:
+    """What reading one request may cost (the `server:` settings of the same names)."""
+
+    max_head_bytes: int = 32_768
+    max_headers: int = 100
+    head_timeout_s: float = 10.0
+    body_timeout_s: float = 20.0
+    min_body_rate_bytes_s: int = 1024
+    max_body_bytes: int = 1_048_576
+    # Counts a refusal by reason: head_timeout, body_timeout, head_too_large, too_many_headers, body_too_large.
+    refused: Callable[[str], None] = _uncounted
+
+
+# The app (the ingress) offers its limits under this attribute; another app gets the defaults.
+LIMITS_ATTRIBUTE = "connection_limits"
+# Set in a request's scope when the protocol answered it 408 because its body came too slowly.
+READ_TIMED_OUT = "gateway.read_timed_out"
+# How long a refused connection's further input is read and dropped before it is closed.
+LINGER_S = 2.0
+# What the connection is reading: a head, a body, nothing (between requests), or nothing more (refused).
+_HEAD, _BODY, _BETWEEN, _LINGER = 0, 1, 2, 3
+
+
+class _Refused(Exception):
+    """Raised in a parser callback once the request is answered: it stops the parser."""
+
+
+def _limits_of(app: Any) -> ConnectionLimits:
+    """The app's limits, through the middlewares uvicorn may wrap it in (each keeps it as `.app`)."""
+    for _ in range(8):
+        limits = getattr(app, LIMITS_ATTRIBUTE, None)
+        if isinstance(limits, ConnectionLimits):
+            return limits
+        app = getattr(app, "app", None)
+        if app is None:
+            break
+    return ConnectionLimits()
+
+
+class GatewayHttpToolsProtocol(HttpToolsProtocol):
+    """uvicorn's protocol with the joined response head, the lean cycle, and the request read limits."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.limits = _limits_of(self.app)
+        self._reading = _HEAD
+        self._since = 0.0  # when what is being read (or the idle wait) began, on the loop's clock
+        self._chunk = 0  # the size of the chunk being parsed
+        self._head_bytes = 0  # the head's bytes in earlier chunks (an over-estimate, see the module doc)
+        self._body_bytes = 0
+        self._linger_left = 0
+        self._content_length: bytes | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        # The timer never sleeps longer than this, so a deadline that starts while it sleeps (a
+        # head after an idle wait, a body after its head) is never passed unseen.
+        self._max_sleep = min(self.limits.head_timeout_s, self.limits.body_timeout_s)
+
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(_HeadJoiningTransport(transport, self.loop))  # type: ignore[arg-type]
+        # A new connection's first head is due head_timeout_s after it opens, not after its first byte.
+        self._since = self.loop.time()
+        self._timer = self.loop.call_at(self._since + self._max_sleep, self._check)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        # uvicorn's, but a refusal raised in a parser callback is not an invalid request, and there
+        # is no keep-alive timer to cancel.
+        if self._reading == _LINGER:
+            self._linger_left -= len(data)
+            if self._linger_left < 0:
+                self.transport.close()
+            return
+        self._chunk = len(data)
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            if isinstance(exc.__context__, _Refused):
+                return
+            msg = "Invalid HTTP request received."
+            self.logger.warning(msg)
+            self.send_400_response(msg)
+            return
+        except httptools.HttpParserUpgrade:
+            if self._should_upgrade():
+                self.handle_websocket_upgrade()
+            else:
+                self._unsupported_upgrade_warning()
+            return
+        if self._reading == _HEAD:
+            self._head_bytes += self._chunk
+            if self._head_bytes > self.limits.max_head_bytes:
+                self._refuse(HeaderFieldsTooLarge(
+                    f"The request head exceeds the limit of {self.limits.max_head_bytes} bytes."), "head_too_large")
+
+    # The parser callbacks below are uvicorn's own (0.54), with the limits' counting added in line:
+    # they run for every request, and calling uvicorn's through super() would cost a frame each.
+    # tests/unit/http/test_request_read_limits.py checks they give the app what uvicorn's give it.
+    def on_message_begin(self) -> None:
+        self.url = b""
+        self.expect_100_continue = False
+        self.headers = []
+        self.scope = {  # type: ignore[typeddict-item]
+            "type": "http",
+            "asgi": {"version": self.asgi_version, "spec_version": "2.3"},
+            "http_version": "1.1",
+            "server": self.server,
+            "client": self.client,
+            "scheme": self.scheme,  # type: ignore[typeddict-item]
+            "root_path": self.root_path,
+            "headers": self.headers,
+            "state": self.app_state.copy(),
+        }
+        if self._reading != _HEAD:  # a new connection's first head keeps the connection's clock
+            self._reading = _HEAD
+            self._since = self.loop.time()
+        self._head_bytes = 0
+        self._content_length = None
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        name = name.lower()
+        if name == b"content-length":
+            self._content_length = value  # llhttp has checked it is one well-formed number
+        elif name == b"expect" and value.lower() == b"100-continue":
+            self.expect_100_continue = True
+        self.headers.append((name, value))
 
     def on_headers_complete(self) -> None:
+        limits = self.limits
+        if len(self.headers) > limits.max_headers:
+            self._refuse_in_parser(HeaderFieldsTooLarge(
+                f"The request has more than {limits.max_headers} headers."), "too_many_headers")
+        if self._head_bytes + self._chunk > limits.max_head_bytes and self._head_size() > limits.max_head_bytes:
+            self._refuse_in_parser(HeaderFieldsTooLarge(
+                f"The request head exceeds the limit of {limits.max_head_bytes} bytes."), "head_too_large")
+        if self._content_length is not None and int(self._content_length) > limits.max_body_bytes:
+            self._refuse_in_parser(PayloadTooLarge(
+                f"Request body of {int(self._content_length)} bytes exceeds the limit of "
+                f"{limits.max_body_bytes} bytes."), "body_too_large")
         super().on_headers_complete()
+        self._reading, self._since, self._body_bytes = _BODY, self.loop.time(), 0
         # The cycle was just made and its task not yet run: it becomes the lean kind before its first send.
         if type(self.cycle) is RequestResponseCycle:
             self.cycle.__class__ = _LeanCycle
+
+    def on_body(self, body: bytes) -> None:
+        self._body_bytes += len(body)
+        if (self.parser.should_upgrade() and self._should_upgrade()) or self.cycle.response_complete:
+            return
+        self.cycle.body += body
+        if len(self.cycle.body) > HIGH_WATER_LIMIT:
+            self.flow.pause_reading()
+        self.cycle.message_event.set()
+
+    def on_message_complete(self) -> None:
+        self._reading = _BETWEEN
+        if (self.parser.should_upgrade() and self._should_upgrade()) or self.cycle.response_complete:
+            self._since = self.loop.time()  # answered before its body was in: idle from now
+            return
+        self.cycle.more_body = False
+        self.cycle.message_event.set()
+
+    def on_response_complete(self) -> None:
+        # uvicorn's, with the keep-alive timeout left to the connection's one timer.
+        self.server_state.total_requests += 1
+        if self.transport.is_closing():
+            return
+        self.flow.resume_reading()
+        if self.pipeline:
+            cycle, app = self.pipeline.pop()
+            self._start_asgi_task(cycle, app)
+        elif self._reading == _BETWEEN:
+            self._since = self.loop.time()  # idle from now
+
+    # -- the timer ------------------------------------------------------------------------------
+    def _check(self) -> None:
+        self._timer = None
+        now = self.loop.time()
+        limits, reading = self.limits, self._reading
+        if reading == _HEAD:
+            due = self._since + limits.head_timeout_s
+            if now >= due:
+                if self._head_bytes or self._chunk:
+                    self._refuse(RequestTimeout(
+                        f"The request head did not arrive within {limits.head_timeout_s:g} s."), "head_timeout")
+                else:  # a connection that never sent a byte is closed without a word
+                    limits.refused("head_timeout")
+                    self.transport.close()
+                return
+        elif reading == _BODY:
+            if self.flow.read_paused or self.pipeline:
+                # Not reading (the app has not taken what came, or an earlier request is being
+                # answered): the client cannot be late; its clock starts again when reading resumes.
+                self._since, self._body_bytes = now, 0
+                due = now + limits.body_timeout_s
+            else:
+                due = self._since + limits.body_timeout_s + self._body_bytes / limits.min_body_rate_bytes_s
+                if now >= due:
+                    self._body_timed_out()
+                    return
+        elif reading == _BETWEEN:
+            if self._busy() is None:
+                due = self._since + self.timeout_keep_alive
+                if now >= due:
+                    self.transport.close()
+                    return
+            else:  # a request is being answered: its own deadlines bound it
+                due = now + self.timeout_keep_alive
+        else:
+            due = self._since + LINGER_S
+            if now >= due:
+                if self._busy() is None:
+                    self.transport.close()
+                    return
+                due = now + LINGER_S
+        self._timer = self.loop.call_at(min(due, now + self._max_sleep), self._check)
+
+    def _body_timed_out(self) -> None:
+        limits, cycle = self.limits, self.cycle
+        if cycle.response_started:  # answered without its body (a 401, a 503): nothing more to say
+            self._refuse(None, "body_timeout")
+            return
+        # The app may be waiting for the body: it now sees the client gone, and sends nothing.
+        cycle.scope[READ_TIMED_OUT] = True  # type: ignore[literal-required]
+        cycle.disconnected = True
+        cycle.message_event.set()
+        self._refuse(RequestTimeout(
+            f"The request body came slower than {limits.min_body_rate_bytes_s} bytes/s after "
+            f"{limits.body_timeout_s:g} s."), "body_timeout")
+
+    # -- refusing ------------------------------------------------------------------------------
+    def _busy(self) -> RequestResponseCycle | None:
+        """The last request still to be answered on this connection, if any."""
+        if self.pipeline:
+            return self.pipeline[0][0]
+        cycle = self.cycle
+        return cycle if cycle is not None and not cycle.response_complete and not cycle.disconnected else None
+
+    def _head_size(self) -> int:
+        """The head's size as sent: request line and headers (only for a head that may be over the limit)."""
+        return len(self.url) + 16 + sum(len(name) + len(value) + 4 for name, value in self.headers)
+
+    def _refuse_in_parser(self, exc: GatewayError, reason: str) -> None:
+        self._refuse(exc, reason)
+        raise _Refused  # stops the parser; data_received knows it
+
+    def _refuse(self, exc: GatewayError | None, reason: str) -> None:
+        """Count the refusal, answer `exc` with `connection: close`, and close after a bounded linger.
+
+        With a request still being answered on the connection (an earlier one, pipelined), that
+        answer is the connection's last and nothing else is written; with no `exc` (the request
+        was answered already), the connection is closed at once."""
+        self.limits.refused(reason)
+        busy = self._busy()
+        if busy is not None:
+            busy.keep_alive = False
+        elif exc is None:
+            self.transport.close()
+            return
+        else:
+            status, body, headers = error_response_parts(exc, request_id())
+            parts = [STATUS_LINE[status]]
+            for name, value in (*self.server_state.default_headers, *headers,
+                                (b"content-length", b"%d" % len(body)), (b"connection", b"close")):
+                parts += (name, b": ", value, b"\r\n")
+            parts += (b"\r\n", body)
+            self.transport.write(b"".join(parts))
+            if self.transport.can_write_eof():
+                self.transport.write_eof()
+            else:
+                self.transport.close()
+        self._reading, self._since, self._linger_left = _LINGER, self.loop.time(), self.limits.max_body_bytes
+        self.flow.resume_reading()
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer = self.loop.call_at(self._since + LINGER_S, self._check)

@@ -144,3 +144,23 @@ def test_the_workers_flag_is_checked_like_the_key(tmp_path: Path) -> None:
         check_workers(settings, 2, flag=True)
     assert "gateway.yaml: storage.state: memory state cannot be shared by --workers 2" in str(info.value)
     assert "storage.state: redis://..." in str(info.value)
+
+
+@pytest.mark.parametrize(("server", "message"), [
+    ("{max_head_bytes: 100}", "server.max_head_bytes: Input should be greater than or equal to 1024"),
+    ("{max_headers: 0}", "server.max_headers: "),
+    ("{head_timeout_s: 0}", "server.head_timeout_s: "),
+    ("{body_timeout_s: -1}", "server.body_timeout_s: "),
+    ("{min_body_rate_bytes_s: 0}", "server.min_body_rate_bytes_s: "),
+    ("{head_timeout: 5}", "server.head_timeout: unknown key"),
+])
+def test_request_read_limits_are_validated(tmp_path: Path, server: str, message: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings(_write(tmp_path, f"server: {server}\n"), env={})
+    assert message in str(info.value) and "\n" not in str(info.value)
+
+
+def test_request_read_limits_default_to_bounds_a_slow_or_huge_request_cannot_pass() -> None:
+    server = load_settings(REPO / "config" / "gateway.yaml", env={}).server
+    assert (server.max_head_bytes, server.max_headers) == (32_768, 100)
+    assert (server.head_timeout_s, server.body_timeout_s, server.min_body_rate_bytes_s) == (10.0, 20.0, 1024)
