@@ -20,6 +20,7 @@ conservative bound). The rules, per target:
 - Audio (`input_audio`): 10 tokens a second (OpenAI: one per 100 ms of input audio), the
   duration bounded by the size at the format's leanest encoding: 1 token per 100 bytes (mp3 at
   8 kbit/s, and any format not known), 1 per 400 bytes for wav (4-bit ADPCM at 8 kHz).
+- Any other part (OpenAI also takes an undocumented `{"image": <base64>}`): the unknown-size image.
 - Files (`file`, PDFs: billed as each page's extracted text plus an image of each page): two
   tokens per byte of the decoded file (deflated text holds ~1.25 tokens a byte), plus one
   unknown-size image per started KB, at most 100 pages (OpenAI's page limit); a `file_id` (size
@@ -146,9 +147,13 @@ class Media:
     text: str = ""  # text that goes with it (a file's name)
 
 
+_TEXT_KINDS = frozenset({"text", "refusal"})  # counted as text (or malformed: the provider refuses them)
+
+
 def describe(part: Mapping[str, Any]) -> Media | None:
-    """The Media of a content part; None for a part that is not media. (`dict`, not `Mapping`: bodies
-    are parsed JSON, and an ABC check costs a microsecond a part.)"""
+    """The Media of a content part; None for a text part. A part of a type not known here counts as
+    the largest image the target bills. (`dict`, not `Mapping`: bodies are parsed JSON, and an ABC
+    check costs a microsecond a part.)"""
     kind = part.get("type")
     if kind == "image_url":
         image = part.get("image_url")
@@ -160,7 +165,7 @@ def describe(part: Mapping[str, Any]) -> Media | None:
         audio = part.get("input_audio")
         data = audio.get("data") if isinstance(audio, dict) else None
         fmt = audio.get("format") if isinstance(audio, dict) else None
-        return Media("audio", nbytes=_decoded_len(data) if isinstance(data, str) else -1,
+        return Media("audio", nbytes=len(data) * 3 // 4 if isinstance(data, str) else -1,
                      audio_format=fmt if isinstance(fmt, str) else "")
     if kind == "file":
         file = part.get("file")
@@ -170,10 +175,12 @@ def describe(part: Mapping[str, Any]) -> Media | None:
         name = file.get("filename")
         if isinstance(data, str):
             comma = data.find(",", 0, 256) if data.startswith("data:") else -1
-            return Media("file", nbytes=_decoded_len(data[comma + 1:] if comma >= 0 else data),
-                         text=name if isinstance(name, str) else "")
+            return Media("file", nbytes=(len(data) - comma - 1) * 3 // 4, text=name if isinstance(name, str) else "")
         return Media("file", text=name if isinstance(name, str) else "")
-    return None
+    if kind in _TEXT_KINDS:
+        return None
+    # Any other part (OpenAI also takes an undocumented {"image": <base64>}): the largest image.
+    return Media("image", "high")
 
 
 def media_tokens(media: Iterable[Media], rule: ImageRule) -> int:
@@ -193,10 +200,6 @@ def media_tokens(media: Iterable[Media], rule: ImageRule) -> int:
         else:
             total += _FILE_ID_TEXT + _MAX_PAGES * rule.unknown_high()
     return total
-
-
-def _decoded_len(b64: str) -> int:
-    return len(b64) * 3 // 4
 
 
 # -- image sizes from inline data, header bytes only ---------------------------------------------

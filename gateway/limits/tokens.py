@@ -151,6 +151,8 @@ def count_messages(messages: Iterable[Mapping[str, Any]], model: str = "gpt-4o",
             repeats = role in _REPEATING_ROLES
             for part in content:
                 if not isinstance(part, Mapping):
+                    if isinstance(part, str):  # a bare string in a list of parts is text too
+                        total += _count(enc, part, repeats)
                     continue
                 text = part.get("text")
                 if isinstance(text, str):

@@ -104,6 +104,9 @@ def test_audio_and_files_count_a_bound_from_their_size() -> None:
     by_id = describe({"type": "file", "file": {"file_id": "file-abc"}})
     assert by_id is not None and media_tokens([by_id], rule) == 200_000 + 100 * 1445
     assert describe({"type": "text", "text": "x"}) is None
+    # a part of a type not known here (OpenAI takes an undocumented {"image": <base64>}): the largest image
+    other = describe({"image": base64.b64encode(_png(4000, 4000)).decode()})
+    assert other is not None and media_tokens([other], rule) == 1445
 
 
 def test_the_estimate_counts_every_part_and_field() -> None:
@@ -122,5 +125,8 @@ def test_the_estimate_counts_every_part_and_field() -> None:
     # assistant turns: a legacy function call and a refusal are text the provider reads back
     turns = [*text, {"role": "assistant", "content": None, "function_call": {"name": "weather", "arguments": "{}"}},
              {"role": "assistant", "content": [{"type": "refusal", "refusal": "I cannot help with that."}]}]
+    # a bare string in a list of parts is text too
+    assert count_messages([{"role": "user", "content": ["what is in the picture?"]}], "gpt-4o") == \
+        count_messages(text, "gpt-4o")
     assert count_messages(turns, "gpt-4o") >= count_messages([*text, {"role": "assistant"}, {"role": "assistant"}],
                                                             "gpt-4o") + 8
