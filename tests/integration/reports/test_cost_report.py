@@ -41,7 +41,10 @@ def _envelopes() -> list[dict]:
                 "prompt_tokens": 100 + i,
                 "completion_tokens": 10 + i,
                 "cached_tokens": i % 5,
+                "cache_write_tokens": 40 + i if i % 3 == 1 else 0,
+                "cache_write_1h_tokens": i if i % 3 == 1 else 0,
                 "cost_picousd": BIG + i if i % 7 == 0 else 1_000_003 * (i + 1),
+                "cache_write_picousd": BIG // 2 + i if i % 7 == 1 else 0,
                 "cache_status": "hit" if i % 6 == 0 else "miss",
                 "cache_saved_tokens": 50 if i % 6 == 0 else 0,
                 "cache_saved_picousd": 777_777_777 if i % 6 == 0 else 0,
@@ -79,6 +82,9 @@ def expected(group_by, envs=ENVS) -> list[CostRow]:
             "cost_picousd",
             "cache_saved_tokens",
             "cache_saved_picousd",
+            "cache_write_tokens",
+            "cache_write_1h_tokens",
+            "cache_write_picousd",
         ):
             a[f] += e[f]
     rows = [CostRow(group=dict(zip(group_by, k, strict=True)), **a) for k, a in acc.items()]
