@@ -10,6 +10,7 @@ import orjson
 
 from gateway.limits.tokens import count_messages, count_text
 from gateway.mock_upstream.core import (
+    CACHED_BODY_BYTES,
     Reply,
     as_list,
     as_map,
@@ -90,7 +91,10 @@ def _cached(digest: str, model: str, key: bytes) -> tuple[Reply, int]:
 
 def _reply(body: dict[str, Any], model: str) -> tuple[Reply, int]:
     key = encoded_body(body)  # first: a body too deep to encode is refused before anything walks it
-    return _cached(digest_of(body, "anthropic:" + model), model, key)
+    digest = digest_of(body, "anthropic:" + model)
+    if len(key) > CACHED_BODY_BYTES:  # the cache keeps its keys: large bodies are answered uncached
+        return _compute(body, model, digest)
+    return _cached(digest, model, key)
 
 
 def _usage(input_tokens: int, output_tokens: int) -> dict[str, int]:
