@@ -181,3 +181,12 @@ def test_odd_fault_directives_and_headers_are_400s_not_500s(mock: RunningProcess
         results = list(pool.map(send, cases))
     failed = [(status, case) for status, case in results if status >= 500]
     assert not failed, failed[:5]
+
+
+@pytest.mark.parametrize("field", ["latency_ms", "latency_jitter_ms", "chunk_delay_ms", "retry_after_s"])
+def test_a_fault_config_with_an_endless_wait_is_refused(mock: RunningProcess, field: str) -> None:
+    with httpx.Client(base_url=mock.url, timeout=10) as http:
+        for value in ("Infinity", "1e308"):
+            r = http.patch("/_mock/faults", content=b'{"%s": %s}' % (field.encode(), value.encode()))
+            assert r.status_code == 400, (value, r.text)
+        assert http.get("/_mock/faults").json()[field] in (0.0, 1.0)  # unchanged
