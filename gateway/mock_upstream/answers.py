@@ -20,6 +20,7 @@ import orjson
 from gateway.limits.tokens import count_messages, count_text, encoding_for_model
 from gateway.mock_upstream.anthropic_answers import anthropic_events, anthropic_message
 from gateway.mock_upstream.core import (
+    CACHED_BODY_BYTES,
     Refused,
     Reply,
     as_list,
@@ -84,7 +85,10 @@ def _compute(body: dict[str, Any], model: str, digest: str) -> tuple[Reply, int]
 
 def _reply(body: dict[str, Any], model: str) -> tuple[Reply, int]:
     key = encoded_body(body)  # first: a body too deep to encode is refused before anything walks it
-    return _cached(digest_of(body, "openai:" + model), model, key)
+    digest = digest_of(body, "openai:" + model)
+    if len(key) > CACHED_BODY_BYTES:  # the cache keeps its keys: large bodies are answered uncached
+        return _compute(body, model, digest)
+    return _cached(digest, model, key)
 
 
 _MAX_CHOICES = 128

@@ -17,6 +17,7 @@ import orjson
 
 from gateway.limits.tokens import count_messages, count_text
 from gateway.mock_upstream.core import (
+    CACHED_BODY_BYTES,
     Reply,
     as_list,
     as_map,
@@ -151,7 +152,10 @@ def _cached(digest: str, model: str, key: bytes) -> tuple[Reply, int, Writes]:
 
 def _reply(body: dict[str, Any], model: str) -> tuple[Reply, int, Writes]:
     key = encoded_body(body)  # first: a body too deep to encode is refused before anything walks it
-    return _cached(digest_of(body, "anthropic:" + model), model, key)
+    digest = digest_of(body, "anthropic:" + model)
+    if len(key) > CACHED_BODY_BYTES:  # the cache keeps its keys: large bodies are answered uncached
+        return _compute(body, model, digest)
+    return _cached(digest, model, key)
 
 
 def _usage(prompt: int, output_tokens: int, writes: Writes) -> dict[str, Any]:

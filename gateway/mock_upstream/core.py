@@ -20,6 +20,8 @@ import orjson
 from gateway.limits.tokens import count_text, encoding_for_model
 
 QUOTE_CHARS = 200
+# Bodies up to this size are kept as keys of the answer caches (4,096 entries each): at most 256 MB.
+CACHED_BODY_BYTES = 65_536
 ANSWER_PREFIX = "Mock answer to: "
 TOOL_PREFIX = "Tool said: "
 # Keys that change how an answer is delivered, not what it is: a streamed and a plain request

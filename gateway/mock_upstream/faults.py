@@ -27,10 +27,10 @@ _HEADER_KEYS = {"x-mock-status": "status", "x-mock-retry-after": "retry_after",
 # directive-only, so tests can make the mock say what a hostile or broken provider might.
 _TEXT_KEYS = ("message", "param", "code", "model")
 _DIRECTIVE_KEYS = frozenset((*_HEADER_KEYS.values(), *_TEXT_KEYS))
-# Longest wait a request may ask for (ms; a retry-after in s): beyond it, use the hang fault.
-_MAX_WAIT = 3_600_000
 _SIMPLE: dict[str, FaultKind] = {"hang": "hang", "reset": "reset", "malformed": "malformed"}
 _decoder = json.JSONDecoder()
+# Longest wait a request or the config may ask for (ms; a retry-after in s): beyond it, use the hang fault.
+_MAX_WAIT = 3_600_000
 
 
 class FaultConfig(BaseModel):
@@ -39,15 +39,15 @@ class FaultConfig(BaseModel):
     error_rate: float = Field(0.0, ge=0, le=1)
     error_statuses: tuple[int, ...] = Field((500,), min_length=1)
     rate_limit_rate: float = Field(0.0, ge=0, le=1)
-    retry_after_s: float = Field(1.0, ge=0)
-    latency_ms: float = Field(0.0, ge=0)
-    latency_jitter_ms: float = Field(0.0, ge=0)
+    retry_after_s: float = Field(1.0, ge=0, le=_MAX_WAIT / 1000)
+    latency_ms: float = Field(0.0, ge=0, le=_MAX_WAIT)
+    latency_jitter_ms: float = Field(0.0, ge=0, le=_MAX_WAIT)
     hang_rate: float = Field(0.0, ge=0, le=1)
     reset_rate: float = Field(0.0, ge=0, le=1)
     malformed_rate: float = Field(0.0, ge=0, le=1)
     stream_cut_after: int | None = Field(None, ge=0)
     # Pause between stream events, so time-to-first-token differs from total time.
-    chunk_delay_ms: float = Field(0.0, ge=0)
+    chunk_delay_ms: float = Field(0.0, ge=0, le=_MAX_WAIT)
     seed: int | None = None
 
     @field_validator("error_statuses")

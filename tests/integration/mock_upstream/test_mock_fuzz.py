@@ -151,3 +151,42 @@ def test_embeddings_dimensions_beyond_any_model_are_a_400(mock: RunningProcess) 
         fine = http.post("/v1/embeddings", json={**EMBEDDINGS, "dimensions": 3072})
     assert huge.status_code == 400 and huge.json()["error"]["param"] == "dimensions"
     assert fine.status_code == 200 and len(fine.json()["data"][0]["embedding"]) == 3072
+
+
+DIRECTIVE_VALUES: list[Any] = [*[v for v in ODD if v != "<deep>"], "inf", "-inf", "nan", "1e400", "-1",
+                               "99999999999999999999999", "cut:1e400", "cut:-1", "cut:inf", "error:x", "error:1e30",
+                               "hang:1", " NONE ", 1e308]  # (no real hang or reset: they are faults, not errors)
+DIRECTIVE_KEYS = ["status", "retry_after", "latency_ms", "chunk_delay_ms", "fault", "message", "param", "code",
+                  "model"]
+
+
+def test_odd_fault_directives_and_headers_are_400s_not_500s(mock: RunningProcess) -> None:
+    cases: list[tuple[dict[str, Any], dict[str, str]]] = []
+    for key in DIRECTIVE_KEYS:
+        for value in DIRECTIVE_VALUES:
+            cases.append(({key: value, **({"status": 429} if key == "retry_after" else {})}, {}))
+    for header in ("x-mock-status", "x-mock-retry-after", "x-mock-latency-ms", "x-mock-fault",
+                   "x-mock-chunk-delay-ms"):
+        for text in ("inf", "nan", "1e400", "-1", "99999999999999999999999", "x", "cut:inf", ""):
+            cases.append(({}, {header: text}))
+
+    def send(case: tuple[dict[str, Any], dict[str, str]]) -> tuple[int, Any]:
+        directive, headers = case
+        body = {"model": "gpt-4o-mini", "stream": True,
+                "messages": [{"role": "user", "content": "hi #mock" + orjson.dumps(directive).decode()}]}
+        r = http.post("/v1/chat/completions", json=body, headers=headers)
+        return r.status_code, case
+
+    with httpx.Client(base_url=mock.url, timeout=10) as http, ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(send, cases))
+    failed = [(status, case) for status, case in results if status >= 500]
+    assert not failed, failed[:5]
+
+
+@pytest.mark.parametrize("field", ["latency_ms", "latency_jitter_ms", "chunk_delay_ms", "retry_after_s"])
+def test_a_fault_config_with_an_endless_wait_is_refused(mock: RunningProcess, field: str) -> None:
+    with httpx.Client(base_url=mock.url, timeout=10) as http:
+        for value in ("Infinity", "1e308"):
+            r = http.patch("/_mock/faults", content=b'{"%s": %s}' % (field.encode(), value.encode()))
+            assert r.status_code == 400, (value, r.text)
+        assert http.get("/_mock/faults").json()[field] in (0.0, 1.0)  # unchanged

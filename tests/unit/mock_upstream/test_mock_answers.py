@@ -286,3 +286,12 @@ def test_tool_choice_and_dimensions_a_provider_refuses_are_refusals_not_crashes(
     with pytest.raises(Refused) as info:
         chat_completion(deep, model=MODEL)
     assert info.value.code == "nesting_too_deep"
+
+
+def test_large_bodies_are_answered_without_being_kept_in_the_cache() -> None:
+    from gateway.mock_upstream import answers
+
+    before = answers._cached.cache_info().currsize
+    big = chat_completion(_chat("x " * 40_000), model=MODEL)
+    assert big["choices"][0]["message"]["content"].startswith("Mock answer to: x x")
+    assert answers._cached.cache_info().currsize == before

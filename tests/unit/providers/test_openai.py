@@ -3,8 +3,9 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from gateway.errors import UpstreamBadResponse
+from gateway.errors import UpstreamBadResponse, UpstreamError
 from gateway.providers.azure_openai import AzureOpenAIDialect
+from gateway.providers.base import served_model_name
 from gateway.providers.openai import OpenAIDialect, OpenAIStreamTranslator
 from gateway.settings import ProviderSettings
 
@@ -92,3 +93,24 @@ def test_error_message_parsing() -> None:
     raw = orjson.dumps({"error": {"message": "bad thing", "param": "temperature", "code": "invalid_value"}})
     assert d.error_message(400, raw) == ("bad thing", "temperature", "invalid_value")
     assert d.error_message(500, b"<html>oops</html>") == ("the provider answered HTTP 500", None, None)
+
+
+def test_an_error_event_mid_stream_becomes_the_gateways_scrubbed_error() -> None:
+    t = OpenAIStreamTranslator(include_usage=False)
+    first = b'{"id":"c","object":"chat.completion.chunk","model":"m","choices":[{"index":0,"delta":{"content":"hi"}}]}'
+    assert t.feed(None, first) == [first]
+    event = b'{"error": {"message": "boom sk-live-abcdefghijkl ' + b"w " * 5000 + b'", "code": "x"}}'
+    with pytest.raises(UpstreamError) as info:
+        t.feed(None, event)
+    assert "sk-live" not in info.value.message and "[redacted]" in info.value.message
+    assert len(info.value.message) < 1_100 and info.value.error_code == "upstream_error"
+    # a chunk whose text merely says "error" is relayed as it is
+    says = b'{"id":"c","choices":[{"index":0,"delta":{"content":"\\"error\\""}}]}'
+    assert t.feed(None, says) == [says]
+
+
+def test_served_model_names_are_scrubbed_and_bounded() -> None:
+    assert served_model_name("gpt-4o-mini") == "gpt-4o-mini"
+    assert served_model_name(None) is None and served_model_name({"a": 1}) is None
+    long = served_model_name("gpt-sk-abcdefghijklmnop " + "m " * 100_000)
+    assert long is not None and "sk-abc" not in long and len(long) < 300
