@@ -6,6 +6,8 @@ than the budget is served. On memory + SQLite and on Redis + PostgreSQL.
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import time
 from typing import Any
 
@@ -154,3 +156,26 @@ def test_a_client_that_times_out_is_recorded_as_counted(make_gateway: GatewayFac
     assert (totals["requests"], totals["prompt_tokens"], totals["completion_tokens"]) == (1, prompt, 50)
     assert totals["cost_picousd"] == cost
     _assert_counted(gw, tenant, budget, prompt + 50)
+
+
+# Two processes share holds only through Redis; a memory store's holds die with their process.
+@pytest.mark.parametrize("backend", ["redis+postgres"], indirect=True)
+def test_a_hold_left_by_a_killed_process_still_expires(make_gateway: GatewayFactory, backend: dict[str, str],
+                                                       tenant: str) -> None:
+    budget = LONG_PROMPT + 40 + 17
+    tenants = {tenant: {"budgets": {"tokens_per_day": budget}}}
+    first = make_gateway(ROUTE, tenants, limits={"reservation_ttl_s": 3})
+    second = make_gateway(ROUTE, tenants, root=first.config_path.parent.parent, env=first.env,
+                          limits={"reservation_ttl_s": 3})
+    started = time.monotonic()
+    stream = first.client(tenant).chat.completions.create(model="chat", messages=LONG, max_tokens=40, stream=True)
+    next(iter(stream))
+    held_by = time.monotonic()  # the hold was made between `started` and now
+    os.kill(first.process.pid, signal.SIGKILL)  # mid-stream: nothing will settle or refresh its hold
+    first.process.stop()
+    client = second.client(tenant)
+    with pytest.raises(openai.RateLimitError):
+        client.chat.completions.create(model="chat", messages=HELLO, max_tokens=10)
+    assert time.monotonic() - started < 3, "too slow to see the hold before it expired"
+    time.sleep(max(0.0, held_by + 3.2 - time.monotonic()))
+    client.chat.completions.create(model="chat", messages=HELLO, max_tokens=10)  # the hold expired with its ttl
