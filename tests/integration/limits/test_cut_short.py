@@ -6,6 +6,8 @@ than the budget is served. On memory + SQLite and on Redis + PostgreSQL.
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import time
 from typing import Any
 
@@ -36,24 +38,39 @@ def _assert_counted(gw: GatewayInstance, tenant: str, budget: int, counted: int)
     client.chat.completions.create(model="chat", messages=HELLO, max_tokens=room)
 
 
-def test_a_stream_longer_than_the_reservation_ttl_keeps_its_hold(make_gateway: GatewayFactory, tenant: str,
-                                                                  upstream_log: Any) -> None:
-    # Room for the long stream's reservation (22 + 40) and 17 tokens more: while the stream runs, no
-    # call of 8 + 10 fits. Were its hold to expire at the 2 s ttl, four would, and 4 * 13 tokens more
-    # than the budget would be served.
-    budget = LONG_PROMPT + 40 + 17
+# The mock answers the slow call (23 prompt tokens, as estimated) with 20 tokens after 3.5 s.
+SLOW = [{"role": "user", "content": 'tell me a long story #mock{"latency_ms": 3500}'}]
+
+
+@pytest.mark.parametrize(("stream", "messages", "prompt", "used"), [
+    (True, LONG, LONG_PROMPT, LONG_PROMPT + 19),
+    (False, SLOW, 23, 23 + 20),
+], ids=["stream", "slow-answer"])
+def test_a_call_longer_than_the_reservation_ttl_keeps_its_hold(make_gateway: GatewayFactory, tenant: str,
+                                                               upstream_log: Any, stream: bool,
+                                                               messages: list[dict[str, str]], prompt: int,
+                                                               used: int) -> None:
+    # Room for the long call's reservation (prompt + 40) and 17 tokens more: while it runs, no call
+    # of 8 + 10 fits. Were its hold to expire at the 2 s ttl, four would, and 4 * 13 tokens more than
+    # the budget would be served.
+    budget = prompt + 40 + 17
     gw = make_gateway(ROUTE, {tenant: {"budgets": {"tokens_per_day": budget}}}, limits={"reservation_ttl_s": 2})
 
     async def run() -> tuple[int, list[str]]:
         async with gw.async_client(tenant) as client:
-            async def long_stream() -> int:
-                stream = await client.chat.completions.create(
-                    model="chat", messages=LONG, max_tokens=40, stream=True, stream_options={"include_usage": True})
-                usage = 0
-                async for chunk in stream:
+            async def long_call() -> int:
+                if not stream:
+                    answer = await client.chat.completions.create(model="chat", messages=messages, max_tokens=40)
+                    assert answer.usage is not None
+                    return answer.usage.total_tokens
+                chunks = await client.chat.completions.create(
+                    model="chat", messages=messages, max_tokens=40, stream=True,
+                    stream_options={"include_usage": True})
+                total = 0
+                async for chunk in chunks:
                     if chunk.usage is not None:
-                        usage = chunk.usage.total_tokens
-                return usage
+                        total = chunk.usage.total_tokens
+                return total
 
             async def short() -> str:
                 try:
@@ -63,22 +80,22 @@ def test_a_stream_longer_than_the_reservation_ttl_keeps_its_hold(make_gateway: G
                     assert e.code == "insufficient_quota"
                     return "refused"
 
-            streaming = asyncio.create_task(long_stream())
-            await asyncio.sleep(2.6)  # past the ttl: the stream still runs
-            assert not streaming.done()
+            running = asyncio.create_task(long_call())
+            await asyncio.sleep(2.6)  # past the ttl: the long call still runs
+            assert not running.done()
             outcomes = await asyncio.gather(*(short() for _ in range(10)))
-            assert not streaming.done()  # the calls were made while it ran
-            return await streaming, outcomes
+            assert not running.done()  # the calls were made while it ran
+            return await running, outcomes
 
     started = time.monotonic()
-    stream_tokens, outcomes = asyncio.run(run())
+    long_tokens, outcomes = asyncio.run(run())
     assert time.monotonic() - started > 3  # it outlived the ttl
     served = sum(_mock_usage(e)[0] + _mock_usage(e)[1] for e in upstream_log())
     assert served <= budget, (served, outcomes)
-    assert stream_tokens == LONG_PROMPT + 19
+    assert long_tokens == used
     assert outcomes == ["refused"] * 10, outcomes
-    # the stream settled at what it used: what it did not use is free again
-    _assert_counted(gw, tenant, budget, stream_tokens)
+    # the long call settled at what it used: what it did not use is free again
+    _assert_counted(gw, tenant, budget, used)
 
 
 def test_a_stream_client_that_leaves_is_recorded_as_counted(make_gateway: GatewayFactory, tenant: str,
@@ -139,3 +156,26 @@ def test_a_client_that_times_out_is_recorded_as_counted(make_gateway: GatewayFac
     assert (totals["requests"], totals["prompt_tokens"], totals["completion_tokens"]) == (1, prompt, 50)
     assert totals["cost_picousd"] == cost
     _assert_counted(gw, tenant, budget, prompt + 50)
+
+
+# Two processes share holds only through Redis; a memory store's holds die with their process.
+@pytest.mark.parametrize("backend", ["redis+postgres"], indirect=True)
+def test_a_hold_left_by_a_killed_process_still_expires(make_gateway: GatewayFactory, backend: dict[str, str],
+                                                       tenant: str) -> None:
+    budget = LONG_PROMPT + 40 + 17
+    tenants = {tenant: {"budgets": {"tokens_per_day": budget}}}
+    first = make_gateway(ROUTE, tenants, limits={"reservation_ttl_s": 3})
+    second = make_gateway(ROUTE, tenants, root=first.config_path.parent.parent, env=first.env,
+                          limits={"reservation_ttl_s": 3})
+    started = time.monotonic()
+    stream = first.client(tenant).chat.completions.create(model="chat", messages=LONG, max_tokens=40, stream=True)
+    next(iter(stream))
+    held_by = time.monotonic()  # the hold was made between `started` and now
+    os.kill(first.process.pid, signal.SIGKILL)  # mid-stream: nothing will settle or refresh its hold
+    first.process.stop()
+    client = second.client(tenant)
+    with pytest.raises(openai.RateLimitError):
+        client.chat.completions.create(model="chat", messages=HELLO, max_tokens=10)
+    assert time.monotonic() - started < 3, "too slow to see the hold before it expired"
+    time.sleep(max(0.0, held_by + 3.2 - time.monotonic()))
+    client.chat.completions.create(model="chat", messages=HELLO, max_tokens=10)  # the hold expired with its ttl
