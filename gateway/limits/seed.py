@@ -43,6 +43,9 @@ _log = logging.getLogger("gateway.limits")
 # After a failed ledger query, seeding is not tried again for this long: requests that need it are
 # refused (or served unchecked) per limits.on_state_error at once instead of each waiting on the ledger.
 RETRY_AFTER_FAILURE_S = 1.0
+# A ledger answer serves the seedings asked for this long after it came (long enough for the reserves
+# that were on their way to Redis when it came; short, as it grows stale with every call served).
+REUSE_S = 0.1
 # Requests wait for a seeding at most this long (writing this process's queued envelopes, then the query).
 SEED_TIMEOUT_S = 5.0
 
@@ -188,10 +191,17 @@ class LedgerSeeder:
         task = self._pending.get(ident)
         if task is None:
             # One query for every request that needs it; shielded, so one leaving does not cancel it for all.
+            # Its answer is kept a moment: a reserve that found the counter unseeded just before the seeding
+            # landed asks again, and the seeding script then leaves the counter as it is.
             task = self._pending[ident] = asyncio.ensure_future(self._query(scopes, ident[1]))
-            task.add_done_callback(lambda _: self._pending.pop(ident, None))
+            task.add_done_callback(lambda done: asyncio.get_running_loop().call_later(
+                REUSE_S, self._forget, ident, done))
         spend = await asyncio.shield(task)
         return [spend[t.scope].of(t) if t is not None else 0 for t in targets]
+
+    def _forget(self, ident: tuple[frozenset[Scope], date], task: asyncio.Task[dict[Scope, Spend]]) -> None:
+        if self._pending.get(ident) is task:
+            del self._pending[ident]
 
     async def _query(self, scopes: frozenset[Scope], today: date) -> dict[Scope, Spend]:
         try:

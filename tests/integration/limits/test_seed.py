@@ -175,12 +175,15 @@ async def test_redis_seeder_asks_the_ledger_once_for_many_requests(ledger: Ledge
         tenant_group, route_group = (g.buckets(10, 0) for g in plan.groups)
         decisions = await asyncio.gather(*(store.reserve(f"r{i}", tenant_group, 60, now=NOW) for i in range(30)))
         assert all(d.ok for d in decisions)
-        assert seeder.queries == 1
+        # one query shared by the 30 (a reserve slower than REUSE_S on a loaded machine may ask again)
+        assert seeder.queries <= 2
+        queries = seeder.queries
         usage = await store.usage(tenant_group, now=NOW)
         assert usage["tenant:acme.tokens_per_day"] == 205 + 30 * 10
         assert usage["tenant:acme:key:key_a.usd_per_month"] == 2 * BIG + 1
         assert (await store.reserve("route", route_group, 60, now=NOW)).ok  # the route's group: a query of its own
-        assert seeder.queries == 2 and (await store.usage(route_group, now=NOW))["route:chat.tokens_per_day"] == 248
+        assert seeder.queries == queries + 1
+        assert (await store.usage(route_group, now=NOW))["route:chat.tokens_per_day"] == 248
     finally:
         await store.aclose()
         await delete_prefix(prefix)
