@@ -15,9 +15,10 @@ import yaml
 
 from gateway.limits.plan import build_plan
 from gateway.limits.seed import LedgerSeeder, budget_counters, seed_memory
+from gateway.runtime import Gateway
 from gateway.settings import Settings, load_settings
 from gateway.store.envelopes import EnvelopeWriter
-from gateway.store.ledger import Ledger
+from gateway.store.ledger import Ledger, LedgerUnavailable
 from gateway.store.state.base import StateUnavailable
 from gateway.store.state.memory import MemoryStateStore
 from gateway.store.state.redis import RedisStateStore
@@ -208,3 +209,16 @@ async def test_a_ledger_that_cannot_answer_fails_the_seeding_and_is_not_asked_ag
         await store.aclose()
         await down.aclose()
         await delete_prefix(prefix)
+
+
+async def test_memory_state_does_not_start_when_the_ledger_cannot_say_what_was_spent(tmp_path: Path) -> None:
+    settings = _settings(tmp_path)
+    (tmp_path / "not-a-db").mkdir()  # a directory where the SQLite file should be: it cannot be opened
+    storage = settings.storage.model_copy(update={"ledger": f"sqlite:///{tmp_path}/not-a-db",
+                                                  "journal_dir": str(tmp_path / "journal")})
+    gw = Gateway.build(settings.model_copy(update={"storage": storage}))
+    try:
+        with pytest.raises(LedgerUnavailable):
+            await gw.start()
+    finally:
+        await gw.aclose()
