@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from gateway.limits.plan import build_plan
-from gateway.limits.seed import LedgerSeeder, budget_counters, seed_memory
+from gateway.limits.seed import LedgerSeeder, Scope, Spend, budget_counters, ledger_spend, seed_memory
 from gateway.runtime import Gateway
 from gateway.settings import Settings, load_settings
 from gateway.store.envelopes import EnvelopeWriter
@@ -222,3 +222,14 @@ async def test_memory_state_does_not_start_when_the_ledger_cannot_say_what_was_s
             await gw.start()
     finally:
         await gw.aclose()
+
+
+async def test_day_only_figures_read_only_the_day(ledger: Ledger, tmp_path: Path) -> None:
+    settings = _settings(tmp_path)
+    await _fill(ledger, tmp_path)
+    scopes = {Scope("tenant", "acme", "acme"), Scope("route", None, "chat")}
+    full = await ledger_spend(ledger, scopes, settings.tenants.keys(), TODAY.date())
+    day = await ledger_spend(ledger, scopes, settings.tenants.keys(), TODAY.date(), month=False)
+    for s in scopes:
+        assert day[s] == Spend(full[s].day_tokens, full[s].day_usd, 0, 0)
+    assert full[Scope("tenant", "acme", "acme")] == Spend(205, 1_000_003 + BIG + 40, 217, 1_000_003 + 2 * BIG + 43)
