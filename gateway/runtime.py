@@ -23,7 +23,7 @@ from gateway.resilience.bulkhead import Bulkhead, InFlightCaps
 from gateway.settings import Settings
 from gateway.store.envelopes import EnvelopeWriter
 from gateway.store.keys import KeyCache, KeyRecord, KeyStore, static_key
-from gateway.store.ledger import Ledger
+from gateway.store.ledger import Ledger, LedgerUnavailable
 from gateway.store.state.base import StateStore, state_store_from_url
 
 _log = logging.getLogger("gateway")
@@ -122,8 +122,13 @@ class Gateway:
             await provider.start()
         await self.notifier.start()
         await self.envelopes.start()  # replays the journals left behind: their spend must be seeded too
-        await start_seeding(self.state, self.settings, self.ledger, before_query=self.envelopes.flush,
-                            replayed=lambda: not self.envelopes.stats["degraded"])
+        try:
+            await start_seeding(self.state, self.settings, self.ledger, before_query=self.envelopes.flush,
+                                replayed=lambda: not self.envelopes.stats["degraded"])
+        except LedgerUnavailable as e:  # starting would re-grant every budget spent today
+            _log.critical("budgets cannot be restored from the ledger: not starting",
+                          extra={"fields": {"error": str(e)[:300]}})
+            raise
         try:
             await self.key_cache.refresh()
         except Exception as e:  # the ledger may be down: env keys still work, the loop retries

@@ -43,6 +43,9 @@ _log = logging.getLogger("gateway.limits")
 # After a failed ledger query, seeding is not tried again for this long: requests that need it are
 # refused (or served unchecked) per limits.on_state_error at once instead of each waiting on the ledger.
 RETRY_AFTER_FAILURE_S = 1.0
+# A ledger answer serves the seedings asked for this long after it came (long enough for the reserves
+# that were on their way to Redis when it came; short, as it grows stale with every call served).
+REUSE_S = 0.1
 # Requests wait for a seeding at most this long (writing this process's queued envelopes, then the query).
 SEED_TIMEOUT_S = 5.0
 
@@ -106,15 +109,18 @@ def _utc_day(now: float) -> date:
 
 
 async def ledger_spend(ledger: Ledger, scopes: Collection[Scope], tenants: Collection[str],
-                       today: date) -> dict[Scope, Spend]:
-    """Tokens (in + out) and pico-dollars of the envelopes of `today` and of its month, per scope.
+                       today: date, *, month: bool = True) -> dict[Scope, Spend]:
+    """Tokens (in + out) and pico-dollars of the envelopes of `today` and (unless not `month`: then
+    its month figures are 0) of its month, per scope.
 
     One grouped query per kind of scope, filtered to the scopes asked for: a client's feature
     header can take any value, so nothing is grouped over values the config does not name."""
     c = envelopes.c
     tokens = func.coalesce(func.sum(c.prompt_tokens + c.completion_tokens), 0)
     usd = func.coalesce(func.sum(c.cost_picousd), 0)
-    in_month = (c.day >= today.replace(day=1), c.day <= today)
+    # Only the day: at midnight every day counter is new while the month's are not, and a month of
+    # envelopes need not be read again for them.
+    in_month = (c.day >= (today.replace(day=1) if month else today), c.day <= today)
     sums: dict[Scope, list[int]] = {s: [0, 0, 0, 0] for s in scopes}
     queries = []
     by_tenant = sorted({s.name for s in scopes if s.column == "tenant"})
@@ -144,8 +150,9 @@ async def ledger_spend(ledger: Ledger, scopes: Collection[Scope], tenants: Colle
                     continue
                 if isinstance(day, str):
                     day = date.fromisoformat(day)
-                acc[2] += int(n_tokens)
-                acc[3] += int(n_usd)
+                if month:
+                    acc[2] += int(n_tokens)
+                    acc[3] += int(n_usd)
                 if day == today:
                     acc[0] += int(n_tokens)
                     acc[1] += int(n_usd)
@@ -163,6 +170,9 @@ async def seed_memory(store: MemoryStateStore, settings: Settings, ledger: Ledge
     return len(targets)
 
 
+_Ident = tuple[frozenset[Scope], date, bool]  # (scopes, day, whether month figures are wanted)
+
+
 class LedgerSeeder:
     """The Redis store's seeder: (hash tag, buckets, now) -> what each counter already spent."""
 
@@ -173,7 +183,7 @@ class LedgerSeeder:
         self._tenants = frozenset(settings.tenants)
         self._before_query = before_query  # this process's envelopes still queued go to the ledger first
         self._ready = ready  # False while journaled envelopes wait to be replayed into the ledger
-        self._pending: dict[tuple[frozenset[Scope], date], asyncio.Task[dict[Scope, Spend]]] = {}
+        self._pending: dict[_Ident, asyncio.Task[dict[Scope, Spend]]] = {}
         self._failed_until = 0.0
         self.queries = 0  # ledger queries made (for tests)
 
@@ -184,16 +194,23 @@ class LedgerSeeder:
             return [0] * len(buckets)
         if time.monotonic() < self._failed_until:
             raise StateUnavailable("budget counters cannot be seeded: the ledger was unreachable a moment ago")
-        ident = (scopes, _utc_day(now))
+        ident = (scopes, _utc_day(now), any(t.period == "month" for t in targets if t is not None))
         task = self._pending.get(ident)
         if task is None:
             # One query for every request that needs it; shielded, so one leaving does not cancel it for all.
-            task = self._pending[ident] = asyncio.ensure_future(self._query(scopes, ident[1]))
-            task.add_done_callback(lambda _: self._pending.pop(ident, None))
+            # Its answer is kept a moment: a reserve that found the counter unseeded just before the seeding
+            # landed asks again, and the seeding script then leaves the counter as it is.
+            task = self._pending[ident] = asyncio.ensure_future(self._query(scopes, ident[1], ident[2]))
+            task.add_done_callback(lambda done: asyncio.get_running_loop().call_later(
+                REUSE_S, self._forget, ident, done))
         spend = await asyncio.shield(task)
         return [spend[t.scope].of(t) if t is not None else 0 for t in targets]
 
-    async def _query(self, scopes: frozenset[Scope], today: date) -> dict[Scope, Spend]:
+    def _forget(self, ident: _Ident, task: asyncio.Task[dict[Scope, Spend]]) -> None:
+        if self._pending.get(ident) is task:
+            del self._pending[ident]
+
+    async def _query(self, scopes: frozenset[Scope], today: date, month: bool) -> dict[Scope, Spend]:
         try:
             async with asyncio.timeout(SEED_TIMEOUT_S):
                 if self._before_query is not None:
@@ -201,7 +218,7 @@ class LedgerSeeder:
                 if self._ready is not None and not self._ready():
                     raise LedgerUnavailable("journaled envelopes are not replayed into the ledger yet")
                 self.queries += 1
-                spend = await ledger_spend(self._ledger, scopes, self._tenants, today)
+                spend = await ledger_spend(self._ledger, scopes, self._tenants, today, month=month)
         except (LedgerUnavailable, TimeoutError) as e:
             self._failed_until = time.monotonic() + RETRY_AFTER_FAILURE_S
             _log.error("budget counters not seeded from the ledger", extra={"fields": {"error": str(e)[:300]}})
