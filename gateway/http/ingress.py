@@ -20,7 +20,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from gateway.deadlines import Deadlines
 from gateway.errors import GatewayError, InternalError, Overloaded, PayloadTooLarge, error_response_parts
-from gateway.http.server_protocol import READ_TIMED_OUT, ConnectionLimits
+from gateway.http.server_protocol import CALL_KEY, READ_REFUSED, ConnectionLimits
 from gateway.ids import request_id
 from gateway.pipeline.context import Call
 from gateway.pipeline.record import record_call
@@ -31,7 +31,6 @@ _REQUEST_ID = re.compile(rb"^[A-Za-z0-9._:\-]{1,128}$")
 _QUIET_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})
 _log = logging.getLogger("gateway.ingress")
 
-CALL_KEY = "gateway.call"
 # How long a request runs before the gateway starts watching for its client leaving.
 WATCH_AFTER_S = 0.05
 
@@ -100,8 +99,8 @@ class IngressMiddleware:
             # Our own cancellation: the client left, and everything it started has been stopped.
             asyncio.current_task().uncancel()  # type: ignore[union-attr]
             call.client_disconnected = True
-            # 408: the protocol answered a body that came too slowly, and the app saw the client go.
-            call.status = 408 if scope.get(READ_TIMED_OUT) else 499
+            # Or the protocol refused the body as it came (408, 431), and the app saw the client go.
+            call.status = scope.get(READ_REFUSED, 499)
         except Exception:
             _log.exception("unhandled error", extra={"fields": {"request_id": call.request_id}})
             await self._error(InternalError("The gateway failed to process the request."), call, started, send)

@@ -167,14 +167,17 @@ class ConnectionLimits:
     body_timeout_s: float = 20.0
     min_body_rate_bytes_s: int = 1024
     max_body_bytes: int = 1_048_576
-    # Counts a refusal by reason: head_timeout, body_timeout, head_too_large, too_many_headers, body_too_large.
+    # Counts a refusal by reason: head_timeout, body_timeout, head_too_large, too_many_headers, body_too_large,
+    # trailers_too_large.
     refused: Callable[[str], None] = _uncounted
 
 
 # The app (the ingress) offers its limits under this attribute; another app gets the defaults.
 LIMITS_ATTRIBUTE = "connection_limits"
-# Set in a request's scope when the protocol answered it 408 because its body came too slowly.
-READ_TIMED_OUT = "gateway.read_timed_out"
+# Set in a request's scope to the status the protocol answered it with while its body was read.
+READ_REFUSED = "gateway.read_refused"
+# Where the ingress keeps a request's Call in its scope (its request id is the answer's too).
+CALL_KEY = "gateway.call"
 # How long a refused connection's further input is read and dropped before it is closed.
 LINGER_S = 2.0
 # What the connection is reading: a head, a body, nothing (between requests), or nothing more (refused).
@@ -206,7 +209,9 @@ class GatewayHttpToolsProtocol(HttpToolsProtocol):
         self._reading = _HEAD
         self._since = 0.0  # when what is being read (or the idle wait) began, on the loop's clock
         self._chunk = 0  # the size of the chunk being parsed
-        self._head_bytes = 0  # the head's bytes in earlier chunks (an over-estimate, see the module doc)
+        # What the head (or the body: framing and trailers included) took in earlier chunks: an
+        # over-estimate, see the module doc.
+        self._wire_bytes = 0
         self._body_bytes = 0
         self._linger_left = 0
         self._content_length: bytes | None = None
@@ -251,11 +256,23 @@ class GatewayHttpToolsProtocol(HttpToolsProtocol):
             else:
                 self._unsupported_upgrade_warning()
             return
-        if self._reading == _HEAD:
-            self._head_bytes += self._chunk
-            if self._head_bytes > self.limits.max_head_bytes:
+        reading = self._reading
+        if reading == _HEAD:
+            self._wire_bytes += self._chunk
+            if self._wire_bytes > self.limits.max_head_bytes:
                 self._refuse(HeaderFieldsTooLarge(
                     f"The request head exceeds the limit of {self.limits.max_head_bytes} bytes."), "head_too_large")
+        elif reading == _BODY:
+            # A chunked body's framing and trailers are not body: httptools keeps an unfinished
+            # trailer in memory and uvicorn appends finished ones to the headers. Bounded by the
+            # body's own size (framing of one-byte chunks is 5 bytes each), the head's limits, and
+            # the header count.
+            self._wire_bytes += self._chunk
+            limits = self.limits
+            if (self._wire_bytes > 6 * self._body_bytes + 2 * limits.max_head_bytes
+                    or len(self.headers) > limits.max_headers):
+                self._refuse_body(HeaderFieldsTooLarge(
+                    "The request's chunk framing or trailers exceed the head's limits."), "trailers_too_large")
 
     # The parser callbacks below are uvicorn's own (0.54), with the limits' counting added in line:
     # they run for every request, and calling uvicorn's through super() would cost a frame each.
@@ -278,7 +295,7 @@ class GatewayHttpToolsProtocol(HttpToolsProtocol):
         if self._reading != _HEAD:  # a new connection's first head keeps the connection's clock
             self._reading = _HEAD
             self._since = self.loop.time()
-        self._head_bytes = 0
+        self._wire_bytes = 0
         self._content_length = None
 
     def on_header(self, name: bytes, value: bytes) -> None:
@@ -294,7 +311,7 @@ class GatewayHttpToolsProtocol(HttpToolsProtocol):
         if len(self.headers) > limits.max_headers:
             self._refuse_in_parser(HeaderFieldsTooLarge(
                 f"The request has more than {limits.max_headers} headers."), "too_many_headers")
-        if self._head_bytes + self._chunk > limits.max_head_bytes and self._head_size() > limits.max_head_bytes:
+        if self._wire_bytes + self._chunk > limits.max_head_bytes and self._head_size() > limits.max_head_bytes:
             self._refuse_in_parser(HeaderFieldsTooLarge(
                 f"The request head exceeds the limit of {limits.max_head_bytes} bytes."), "head_too_large")
         if self._content_length is not None and int(self._content_length) > limits.max_body_bytes:
@@ -302,7 +319,7 @@ class GatewayHttpToolsProtocol(HttpToolsProtocol):
                 f"Request body of {int(self._content_length)} bytes exceeds the limit of "
                 f"{limits.max_body_bytes} bytes."), "body_too_large")
         super().on_headers_complete()
-        self._reading, self._since, self._body_bytes = _BODY, self.loop.time(), 0
+        self._reading, self._since, self._body_bytes, self._wire_bytes = _BODY, self.loop.time(), 0, 0
         # The cycle was just made and its task not yet run: it becomes the lean kind before its first send.
         if type(self.cycle) is RequestResponseCycle:
             self.cycle.__class__ = _LeanCycle
@@ -344,7 +361,7 @@ class GatewayHttpToolsProtocol(HttpToolsProtocol):
         if reading == _HEAD:
             due = self._since + limits.head_timeout_s
             if now >= due:
-                if self._head_bytes or self._chunk:
+                if self._wire_bytes or self._chunk:
                     self._refuse(RequestTimeout(
                         f"The request head did not arrive within {limits.head_timeout_s:g} s."), "head_timeout")
                 else:  # a connection that never sent a byte is closed without a word
@@ -360,7 +377,9 @@ class GatewayHttpToolsProtocol(HttpToolsProtocol):
             else:
                 due = self._since + limits.body_timeout_s + self._body_bytes / limits.min_body_rate_bytes_s
                 if now >= due:
-                    self._body_timed_out()
+                    self._refuse_body(RequestTimeout(
+                        f"The request body came slower than {limits.min_body_rate_bytes_s} bytes/s after "
+                        f"{limits.body_timeout_s:g} s."), "body_timeout")
                     return
         elif reading == _BETWEEN:
             if self._busy() is None:
@@ -379,18 +398,18 @@ class GatewayHttpToolsProtocol(HttpToolsProtocol):
                 due = now + LINGER_S
         self._timer = self.loop.call_at(min(due, now + self._max_sleep), self._check)
 
-    def _body_timed_out(self) -> None:
-        limits, cycle = self.limits, self.cycle
+    def _refuse_body(self, exc: GatewayError, reason: str) -> None:
+        """Refuse the request whose body is being read; the app may be waiting for that body."""
+        cycle = self.cycle
         if cycle.response_started:  # answered without its body (a 401, a 503): nothing more to say
-            self._refuse(None, "body_timeout")
+            self._refuse(None, reason)
             return
-        # The app may be waiting for the body: it now sees the client gone, and sends nothing.
-        cycle.scope[READ_TIMED_OUT] = True  # type: ignore[literal-required]
+        # The app now sees the client gone and sends nothing; the ingress logs the status sent here.
+        cycle.scope[READ_REFUSED] = exc.status  # type: ignore[literal-required]
         cycle.disconnected = True
         cycle.message_event.set()
-        self._refuse(RequestTimeout(
-            f"The request body came slower than {limits.min_body_rate_bytes_s} bytes/s after "
-            f"{limits.body_timeout_s:g} s."), "body_timeout")
+        call = cycle.scope.get(CALL_KEY)  # type: ignore[misc]
+        self._refuse(exc, reason, getattr(call, "request_id", None))
 
     # -- refusing ------------------------------------------------------------------------------
     def _busy(self) -> RequestResponseCycle | None:
@@ -408,7 +427,7 @@ class GatewayHttpToolsProtocol(HttpToolsProtocol):
         self._refuse(exc, reason)
         raise _Refused  # stops the parser; data_received knows it
 
-    def _refuse(self, exc: GatewayError | None, reason: str) -> None:
+    def _refuse(self, exc: GatewayError | None, reason: str, rid: str | None = None) -> None:
         """Count the refusal, answer `exc` with `connection: close`, and close after a bounded linger.
 
         With a request still being answered on the connection (an earlier one, pipelined), that
@@ -422,7 +441,7 @@ class GatewayHttpToolsProtocol(HttpToolsProtocol):
             self.transport.close()
             return
         else:
-            status, body, headers = error_response_parts(exc, request_id())
+            status, body, headers = error_response_parts(exc, rid or request_id())
             parts = [STATUS_LINE[status]]
             for name, value in (*self.server_state.default_headers, *headers,
                                 (b"content-length", b"%d" % len(body)), (b"connection", b"close")):

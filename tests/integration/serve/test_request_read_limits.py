@@ -170,6 +170,9 @@ def test_a_body_below_the_minimum_rate_is_408_and_closed(gateway: GatewayInstanc
     # due when 0.5 s + bytes / 1000 has passed: at 200 bytes/s, after 0.625 s
     assert 0.55 < elapsed < 1.0
     assert counted.grown == {"body_timeout": 1}
+    # the access log has the request under the id the client was given, with the status it was given
+    rid = re.search(rb"\r\nx-request-id: (\S+)", response).group(1).decode()  # type: ignore[union-attr]
+    assert gateway.wait_log(rid)["status"] == 408
 
 
 def test_a_body_at_the_minimum_rate_is_served(gateway: GatewayInstance) -> None:

@@ -12,7 +12,7 @@ import pytest
 from uvicorn.config import Config
 from uvicorn.server import ServerState
 
-from gateway.http.server_protocol import LINGER_S, READ_TIMED_OUT, ConnectionLimits, GatewayHttpToolsProtocol
+from gateway.http.server_protocol import LINGER_S, READ_REFUSED, ConnectionLimits, GatewayHttpToolsProtocol
 
 LIMITS = dict(max_head_bytes=4096, max_headers=20, head_timeout_s=10.0, body_timeout_s=20.0,
               min_body_rate_bytes_s=1000, max_body_bytes=100_000)
@@ -251,7 +251,7 @@ async def test_a_body_is_due_after_body_timeout_plus_one_second_per_min_rate_byt
         await _settle()
     # due at 20 + 5000 / 1000 = 25 s after the head: now
     assert _status(transport.written) == 408 and app.refused == ["body_timeout"]
-    assert app.calls[0][READ_TIMED_OUT] is True
+    assert app.calls[0][READ_REFUSED] == 408
 
 
 async def test_a_body_at_the_minimum_rate_is_never_due() -> None:
@@ -337,3 +337,37 @@ async def test_the_app_sees_what_uvicorns_protocol_gives_it(chunks: list[bytes])
         protocol.connection_lost(None)
     assert outcomes[0] == outcomes[1]
     assert outcomes[0][0] and outcomes[0][1].startswith(b"HTTP/1.1 ")
+
+
+@pytest.mark.parametrize("tail", [
+    b"x-trailer: " + b"t" * 70_000,  # one trailer that never ends
+    b"".join(b"x-t%d: 1\r\n" % i for i in range(30)),  # more trailers than max_headers allows
+])
+async def test_a_chunked_bodys_trailers_are_bounded_like_a_head(tail: bytes) -> None:
+    app = App()
+    protocol, transport, _ = _connection(app)
+    protocol.data_received(POST + b"transfer-encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n")
+    for i in range(0, len(tail), 1000):
+        protocol.data_received(tail[i:i + 1000])
+        if transport.written:
+            break
+    assert app.refused == ["trailers_too_large"] and _status(transport.written) == 431
+
+
+async def test_a_chunked_body_in_small_chunks_is_served() -> None:
+    app = App()
+    protocol, transport, _ = _connection(app)
+    protocol.data_received(POST + b"transfer-encoding: chunked\r\n\r\n")
+    for _ in range(5000):
+        protocol.data_received(b"1\r\nx\r\n")
+    protocol.data_received(b"0\r\nx-one-trailer: ok\r\n\r\n")
+    await _settle()
+    assert _status(transport.written) == 200 and transport.written.endswith(b"5000") and app.refused == []
+
+
+async def test_a_huge_request_line_is_bounded_like_a_head() -> None:
+    app = App()
+    protocol, transport, _ = _connection(app)
+    protocol.data_received(b"GET /" + b"a" * 3000)
+    protocol.data_received(b"a" * 3000)
+    assert _status(transport.written) == 431 and app.refused == ["head_too_large"]
