@@ -181,7 +181,7 @@ async def _estimate(gw: Gateway, call: Call, body: dict[str, Any], usage: Usage)
         prompt = count_messages(messages, model)
     else:
         try:
-            prompt = await gw.limits.counter.run(count_messages, messages, model)
+            prompt = await gw.limits.counter.run(count_messages, messages, model, lane=call.tenant)
         except EstimatorBusy:
             prompt = call.prompt_estimate or 0
     return Usage(prompt_tokens=prompt, completion_tokens=usage.completion_tokens, reported=False)

@@ -146,7 +146,7 @@ class Limits:
         if call.body_bytes <= INLINE_MAX_BYTES:
             prompt = self.check_input(call, route, body, plan.targets)
         else:  # a large prompt is counted off the loop (see limits/offload.py)
-            prompt = await self.counter.run(self.check_input, call, route, body, plan.targets)
+            prompt = await self.counter.run(self.check_input, call, route, body, plan.targets, lane=call.tenant)
         if plan.empty:
             return None
         completion = self._completion_cap(body, plan.bounded) if call.kind == "chat" else 0

@@ -103,6 +103,52 @@ async def test_an_error_in_the_count_reaches_the_caller_and_frees_the_slot() -> 
     counter.close()
 
 
+async def test_one_tenants_flood_delays_another_tenant_by_one_count_at_most() -> None:
+    counter = OffLoopCounter(threads=1, wait_s=5)
+    gate = threading.Event()
+    order: list[str] = []
+
+    def count(who: str) -> str:
+        gate.wait(5)
+        order.append(who)
+        return who
+
+    flood = [asyncio.ensure_future(counter.run(count, "evil", lane="evil")) for _ in range(5)]
+    await asyncio.sleep(0.01)
+    other = asyncio.ensure_future(counter.run(count, "good", lane="good"))
+    await asyncio.sleep(0.01)
+    gate.set()
+    assert await other == "good"
+    await asyncio.gather(*flood)
+    # "good" came after five of "evil"'s counts, but only one of them was ahead of it for a slot.
+    assert order.index("good") == 1, order
+    assert counter._lanes == {}  # idle lanes are dropped
+    counter.close()
+
+
+async def test_a_lane_that_times_out_or_leaves_gives_its_places_back() -> None:
+    counter = OffLoopCounter(threads=1, wait_s=0.05)
+    gate = threading.Event()
+    first = asyncio.ensure_future(counter.run(gate.wait, 5, lane="a"))
+    await asyncio.sleep(0.01)
+    with pytest.raises(EstimatorBusy):
+        await counter.run(len, "x", lane="a")
+    waiting = asyncio.ensure_future(counter.run(len, "x", lane="b"))
+    await asyncio.sleep(0.01)
+    waiting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    gate.set()
+    assert await first is True
+    for _ in range(200):
+        if not counter._lanes:
+            break
+        await asyncio.sleep(0.005)
+    assert counter._lanes == {} and counter.running == 0
+    assert await counter.run(len, "xy", lane="a") == 2
+    counter.close()
+
+
 def test_the_inline_bound_keeps_the_worst_inline_count_short() -> None:
     # A body of INLINE_MAX_BYTES holds no text longer than that; counting the worst such text (one
     # unbroken word) must stay around a millisecond (5 ms allows for a loaded machine).
