@@ -6,9 +6,10 @@ one-word prompt and 1.5 s for 3 MiB. Done on the event loop it stalls every othe
 process, health checks included. So:
 
 - A request whose body is at most `INLINE_MAX_BYTES` is counted inline, as before: no text in it
-  is longer than its body (a JSON string never decodes to more characters than it has bytes),
-  so the loop is held at most ~1 ms even for the worst such text, and the small-prompt hot path
-  pays one comparison.
+  is longer than its body (a JSON string never decodes to more characters than it has bytes; the
+  re-encoded tool definitions can only grow by how numbers are spelled, a few times at most, and
+  digits are cheap to count), so the loop is held about a millisecond at most, and the
+  small-prompt hot path pays one comparison.
 - A larger one is counted in a small thread pool: tiktoken's Rust core releases the GIL while it
   encodes, so the loop keeps running. At most `threads` counts run at once (each holds a slot
   until its thread is done, even when its client has left, so the pool never queues more work
