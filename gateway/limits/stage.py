@@ -31,7 +31,7 @@ from gateway.errors import BadRequest, GatewayError, RateLimited, ServiceUnavail
 from gateway.ids import random_hex
 from gateway.limits.completion import choices, completion_cap
 from gateway.limits.estimate import estimate_embeddings, estimate_prompt
-from gateway.limits.offload import INLINE_MAX_BYTES, OffLoopCounter
+from gateway.limits.offload import INLINE_MAX_BYTES, EstimatorBusy, OffLoopCounter
 from gateway.limits.plan import GroupPlan, PlanCache
 from gateway.observability.metrics import Metrics
 from gateway.pipeline.context import Call
@@ -164,7 +164,11 @@ class Limits:
         if call.body_bytes <= INLINE_MAX_BYTES:
             prompt = self.check_input(call, route, body, plan.targets)
         else:  # a large prompt is counted off the loop (see limits/offload.py)
-            prompt = await self.counter.run(self.check_input, call, route, body, plan.targets)
+            try:
+                prompt = await self.counter.run(self.check_input, call, route, body, plan.targets, lane=call.tenant)
+            except EstimatorBusy:
+                self.metrics.rejected.labels("estimator_busy").inc()
+                raise
         if plan.empty:
             return None
         completion = self._completion_cap(body, plan.bounded) if call.kind == "chat" else 0

@@ -160,7 +160,7 @@ class Router:
                 if call.body_bytes <= INLINE_MAX_BYTES or self.counter is None:
                     prompt = count_messages(messages, order[0].model)
                 else:  # a large prompt is counted off the loop (see limits/offload.py)
-                    prompt = await self.counter.run(count_messages, messages, order[0].model)
+                    prompt = await self.counter.run(count_messages, messages, order[0].model, lane=call.tenant)
             budget = _TokenBudget(total=route.token_budget, prompt=prompt, choices=choices(body))
         while state.attempts_left > 0:
             attempt_body = body if budget is None else budget.attempt_body(body, call.attempt_count)

@@ -13,7 +13,9 @@ the target) is above one, a tenant that fails gets a breaker of its own on the t
 same rule; when it opens, only that tenant is shed. The target's shared breaker opens only when
 its own rule says so (over every tenant's outcomes) and at least `min_tenants` tenants have
 tripped their own breakers on it within the window: an upstream that is down for everyone does
-that within a few calls of each tenant, a hostile tenant alone never does. A target only one
+that within a few calls of each tenant, a hostile tenant alone never does. Half-open, it opens
+again only when probes of `min_tenants` tenants failed, so a hostile tenant cannot keep it open
+by failing its probes either. A target only one
 tenant may reach keeps the single breaker it always had. Memory: at most one tenant breaker
 (~1 KB) per tenant that failed on a target within the window, and tenants come from the config;
 one closed, whose window holds no failure any more, is dropped when its tenant next calls.
@@ -117,7 +119,7 @@ class Permit:
                 self._own.failure()
             elif self.tenant is not None and breaker.min_tenants > 1:
                 breaker._tenant_failed(self.tenant)
-            breaker._complete(self._generation, False)
+            breaker._complete(self._generation, False, self.tenant)
 
     def release(self) -> None:
         """End the call without a health verdict (client cancelled, request-level error)."""
@@ -131,8 +133,8 @@ class Permit:
 class CircuitBreaker:
     __slots__ = (
         "_bucket_s", "_clock", "_consec_fail", "_consec_ok", "_epoch", "_fail", "_failed_mono", "_failures",
-        "_generation", "_on_transition", "_opened_mono", "_opened_wall", "_probes", "_state", "_tenants", "_total",
-        "_totals", "_transitions", "_wall_clock", "config", "min_tenants", "target", "tenant",
+        "_generation", "_on_transition", "_opened_mono", "_opened_wall", "_probes", "_probes_failed", "_state",
+        "_tenants", "_total", "_totals", "_transitions", "_wall_clock", "config", "min_tenants", "target", "tenant",
     )
 
     def __init__(
@@ -154,6 +156,7 @@ class CircuitBreaker:
         self.tenant = tenant
         self._tenants: dict[str, CircuitBreaker] = {}
         self._failed_mono = -math.inf  # when the last failure was recorded
+        self._probes_failed: set[str] = set()  # tenants whose probes failed in this half-open spell
         self._clock = clock
         self._wall_clock = wall_clock
         self._on_transition = on_transition
@@ -219,7 +222,7 @@ class CircuitBreaker:
             self._emit(transition)
         return permit
 
-    def _complete(self, generation: int, ok: bool | None) -> None:
+    def _complete(self, generation: int, ok: bool | None, tenant: str | None = None) -> None:
         if generation != self._generation:
             return
         cfg = self.config
@@ -230,6 +233,13 @@ class CircuitBreaker:
             now = self._clock()
             if not ok:
                 self._failed_mono = now
+                if self.min_tenants > 1 and tenant is not None:
+                    # One tenant's failed probe sheds that tenant (its own breaker); the target
+                    # opens again only when probes of min_tenants tenants failed.
+                    failed = self._probes_failed
+                    failed.add(tenant)
+                    if len(failed) < self.min_tenants:
+                        return
                 self._emit(self._move(_OPEN, "probe failed", now))
                 return
             self._consec_ok += 1
@@ -354,6 +364,7 @@ class CircuitBreaker:
         self._transitions += 1
         self._probes = 0
         self._consec_ok = 0
+        self._probes_failed.clear()
         if to is _OPEN:
             self._opened_mono = now
             self._opened_wall = transition.at

@@ -68,9 +68,14 @@ def test_a_large_prompt_does_not_stall_other_requests(make_gateway: GatewayFacto
             time.sleep(0.01)
         sender.join()
     assert outcome["tokens"] == 3 * MIB // 8 + 7  # "aaaaaaaa" is one token; 3 + 3 + 1 for the message
-    assert max(probes) < 0.1, sorted(probes)[-5:]  # on the loop, one probe waited for the whole count
-    assert max(chats) < 0.2, sorted(chats)[-5:]
-    # The count took long enough for the probes to have run beside it (it is over a second on the loop).
+    # On the loop, one probe and one chat waited for the whole count (1.5 s on a quiet machine, more
+    # under load). Off it, they answer as usual: within 100 ms (a loaded, shared CI machine may
+    # deschedule the process now and then, hence the 95th percentile and a looser maximum).
+    probes.sort()
+    chats.sort()
+    assert probes[len(probes) * 95 // 100] < 0.1 and probes[-1] < 0.5, probes[-5:]
+    assert chats[len(chats) * 95 // 100] < 0.2 and chats[-1] < 1.0, chats[-5:]
+    # The count took long enough for the probes to have run beside it.
     assert outcome["done"] - started > 0.3 and len(probes) >= 5
 
 

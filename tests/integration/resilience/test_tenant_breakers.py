@@ -103,3 +103,22 @@ def test_a_target_only_one_tenant_reaches_keeps_one_breaker(make_gateway: Gatewa
             gw.client("evil").chat.completions.create(model="solo", messages=POISON)
     breaker = _breaker(gw.url, gw.admin_key)
     assert breaker["state"] == "open" and breaker["min_tenants"] == 1 and breaker["tenants"] == []
+
+
+def test_a_hostile_tenant_cannot_keep_a_recovered_target_shut(make_gateway: GatewayFactory,
+                                                              upstreams: tuple[Upstream, Upstream]) -> None:
+    primary, _ = upstreams
+    primary.faults(error_rate=1.0, error_statuses=[500])  # an outage: every tenant fails
+    gw = make_gateway(SOLO, tenants=TENANTS)
+    for tenant in ("late", "good"):
+        for _ in range(5):
+            with pytest.raises(openai.InternalServerError):
+                gw.client(tenant).chat.completions.create(model="solo", messages=HELLO)
+    assert _breaker(gw.url, gw.admin_key)["state"] == "open"
+    primary.faults()  # the upstream is back
+    time.sleep(1.1)  # the cooldown (1 s) passes
+    with pytest.raises(openai.InternalServerError):  # "evil" takes the probe and poisons it
+        gw.client("evil").chat.completions.create(model="solo", messages=POISON)
+    for _ in range(3):  # the others are served: the probe failure was "evil"'s alone
+        gw.client("good").chat.completions.create(model="solo", messages=HELLO)
+    assert _breaker(gw.url, gw.admin_key)["state"] == "closed"

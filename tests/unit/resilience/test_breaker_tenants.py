@@ -145,6 +145,37 @@ def test_the_shared_breaker_recovers_through_any_tenants_probes() -> None:
     assert breaker.state is BreakerState.CLOSED and call(breaker, "d", True)
 
 
+def _opened_by_an_outage(config: BreakerConfig = CONFIG) -> tuple[CircuitBreaker, Clock, list[Transition]]:
+    breaker, clock, seen = shared(config=config)
+    for tenant in ("a", "b"):
+        for _ in range(5):
+            call(breaker, tenant, False)
+    assert breaker.state is BreakerState.OPEN
+    clock.now += config.cooldown_s
+    return breaker, clock, seen
+
+
+def test_a_hostile_tenants_failed_probe_does_not_reopen_the_shared_breaker() -> None:
+    config = BreakerConfig(window_s=30, min_requests=10, consecutive_failures=5, cooldown_s=15, half_open_probes=1,
+                           success_threshold=2, min_tenants=2)
+    breaker, _, seen = _opened_by_an_outage(config)
+    assert call(breaker, "evil", False)  # the upstream is back, but "evil" poisons its probe
+    assert breaker.state is BreakerState.HALF_OPEN
+    evil = breaker.tenant_breaker("evil")
+    assert evil is not None and evil.state is BreakerState.CLOSED  # one failure: not tripped yet
+    assert call(breaker, "good", True) and call(breaker, "good", True)
+    assert breaker.state is BreakerState.CLOSED
+    assert [t.to_state for t in seen if t.tenant is None] == ["open", "half_open", "closed"]
+
+
+def test_failed_probes_of_two_tenants_reopen_it() -> None:
+    breaker, _, _ = _opened_by_an_outage()
+    assert call(breaker, "c", False)
+    assert breaker.state is BreakerState.HALF_OPEN
+    assert call(breaker, "d", False)
+    assert breaker.state is BreakerState.OPEN  # still down for everyone
+
+
 def test_a_tenant_shed_on_its_own_breaker_gives_back_the_shared_probe_it_took() -> None:
     breaker, clock, _ = shared()
     for _ in range(5):
