@@ -200,6 +200,8 @@ class _DisconnectWatch:
         if linger > 0:
             self._call.client_disconnected = True
             await asyncio.sleep(linger)  # `stop` cancels this wait when the request ends on its own
+            if self.response_complete:
+                return  # only its accounting still runs: it must not be cut short
         if self._task is not None:
             self._task.cancel()
 

@@ -177,20 +177,24 @@ class _Relay:
             yield _stream_error(internal)
 
     async def finish(self) -> None:
+        """Settle first, then close the upstream: the settlement starts before anything here waits,
+        so no cancellation can leave the hold unsettled (and refreshed for ever)."""
         call, stream = self.call, self.stream
-        if not self.completed and call.error_type is None:
-            call.client_disconnected = True
-        await stream.aclose()
-        call.model_served = stream.translator.served_model
-        call.finish_reason = stream.translator.finish_reason
-        # Usage counts as reported only once the stream finished: Anthropic reports the prompt at
-        # the start and the completion with the finish, so a stream cut before has a partial count.
-        usage = stream.usage if stream.usage.reported and call.finish_reason is not None else None
-        call.usage = usage or self._estimate()
-        # A stream cut short (client gone, provider broken) may have been billed for what it
-        # generated; unless the provider reported usage, the reservation stands as spent (and is
-        # what the envelope records).
-        await self.gw.limits.settle(self.hold, usage, call.provider, call.target_model, call)
+        try:
+            if not self.completed and call.error_type is None:
+                call.client_disconnected = True
+            call.model_served = stream.translator.served_model
+            call.finish_reason = stream.translator.finish_reason
+            # Usage counts as reported only once the stream finished: Anthropic reports the prompt at
+            # the start and the completion with the finish, so a stream cut before has a partial count.
+            usage = stream.usage if stream.usage.reported and call.finish_reason is not None else None
+            call.usage = usage or self._estimate()
+            # A stream cut short (client gone, provider broken) may have been billed for what it
+            # generated; unless the provider reported usage, the reservation stands as spent (and is
+            # what the envelope records).
+            await self.gw.limits.settle(self.hold, usage, call.provider, call.target_model, call)
+        finally:
+            await stream.aclose()
 
     def _estimate(self) -> Usage:
         """No usage reported (and no reservation to stand for it): the prompt estimate, and a token

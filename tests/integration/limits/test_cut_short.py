@@ -179,3 +179,29 @@ def test_a_hold_left_by_a_killed_process_still_expires(make_gateway: GatewayFact
     assert time.monotonic() - started < 3, "too slow to see the hold before it expired"
     time.sleep(max(0.0, held_by + 3.2 - time.monotonic()))
     client.chat.completions.create(model="chat", messages=HELLO, max_tokens=10)  # the hold expired with its ttl
+
+
+def test_without_limits_a_call_cut_short_records_the_best_estimate(make_gateway: GatewayFactory,
+                                                                   tenant: str) -> None:
+    gw = make_gateway(ROUTE, {tenant: {}})  # nothing is reserved: the record is the gateway's estimate
+    stream = gw.client(tenant).chat.completions.create(
+        model="chat", messages=LONG, max_tokens=40, stream=True, extra_headers={"x-request-id": "cut-stream"})
+    for i, _ in enumerate(stream):
+        if i == 2:
+            break
+    stream.close()
+    cut = gw.wait_log("cut-stream")
+    assert cut["client_disconnected"] is True and cut["usage_reported"] is False and cut["provider"] == "up"
+    assert cut["prompt_tokens"] == LONG_PROMPT  # the prompt estimate
+    assert 3 <= cut["completion_tokens"] <= 13  # a token for each chunk relayed
+    slow = [{"role": "user", "content": 'answer slowly #mock{"latency_ms": 3000}'}]
+    with pytest.raises(openai.APITimeoutError):
+        gw.client(tenant, timeout=1.0).chat.completions.create(
+            model="chat", messages=slow, max_tokens=50, extra_headers={"x-request-id": "cut-answer"})
+    timed_out = gw.wait_log("cut-answer")
+    assert timed_out["provider"] == "up" and timed_out["usage_reported"] is False
+    assert timed_out["prompt_tokens"] > 0 and timed_out["completion_tokens"] == 0
+    totals = _wait_report(gw, tenant, 2)["totals"]
+    assert totals["prompt_tokens"] == cut["prompt_tokens"] + timed_out["prompt_tokens"]
+    assert totals["completion_tokens"] == cut["completion_tokens"]
+    assert totals["cost_picousd"] == totals["prompt_tokens"] * PRICE_IN + totals["completion_tokens"] * PRICE_OUT
