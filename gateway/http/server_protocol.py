@@ -377,8 +377,9 @@ class GatewayHttpToolsProtocol(HttpToolsProtocol):
         elif reading == _BODY:
             if self.flow.read_paused or self.pipeline:
                 # Not reading (the app has not taken what came, or an earlier request is being
-                # answered): the client cannot be late; its clock starts again when reading resumes.
-                self._since, self._body_bytes = now, 0
+                # answered): the client cannot be late; its clock moves so that it is due a whole
+                # body_timeout_s after reading resumes.
+                self._since = now - self._body_bytes / limits.min_body_rate_bytes_s
                 due = now + limits.body_timeout_s
             else:
                 due = self._since + limits.body_timeout_s + self._body_bytes / limits.min_body_rate_bytes_s
