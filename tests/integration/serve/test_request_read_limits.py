@@ -275,3 +275,16 @@ def test_stalled_oversize_and_slow_requests_lock_out_neither_operations_nor_tena
         for sock in stalled:
             sock.close()
         gw.stop()
+
+
+def test_a_body_cut_short_by_a_disconnect_is_not_served(gateway: GatewayInstance) -> None:
+    # A whole JSON object, then the client leaves before the length it declared: what came is not
+    # the request, so nothing may be reserved, forwarded or billed for it.
+    body = orjson.dumps({"model": "demo", "messages": HELLO})
+    with _connect(gateway) as sock:
+        sock.sendall(CHAT + f"authorization: Bearer {gateway.key('acme')}\r\nx-request-id: cut-short-1\r\n"
+                            f"content-length: {len(body) + 100}\r\n\r\n".encode() + body)
+        time.sleep(0.1)
+    record = gateway.wait_log("cut-short-1")
+    assert record["status"] == 499 and record["client_disconnected"] is True
+    assert not record.get("attempts") and not record.get("provider")
