@@ -291,3 +291,29 @@ def test_a_body_cut_short_by_a_disconnect_is_not_served(gateway: GatewayInstance
     record = gateway.wait_log("cut-short-1")
     assert record["status"] == 499 and record["client_disconnected"] is True
     assert not record.get("attempts") and not record.get("provider")
+
+
+def test_every_worker_enforces_the_limits(tmp_path: Path) -> None:
+    # Each worker builds its own app from the config; the protocol takes its limits from that app.
+    gw = start_gateway(tmp_path, **MOCK_ONLY, tenants={"acme": {}}, args=["--workers", "2"],
+                       server={"max_headers": 10, "max_body_bytes": 1000})
+    try:
+        deadline = time.monotonic() + 15
+        while True:
+            try:
+                assert httpx.get(gw.url + "/healthz", timeout=5).status_code == 200
+                break
+            except httpx.TransportError:
+                assert time.monotonic() < deadline
+                time.sleep(0.2)
+        for _ in range(6):  # new connections, spread over the workers
+            with _connect(gw) as sock:
+                sock.sendall(CHAT + b"".join(b"x-h%d: 1\r\n" % i for i in range(10)) + b"\r\n")
+                response, _ = _read_until_closed(sock, 2)
+            assert _status(response) == 431
+            with _connect(gw) as sock:
+                sock.sendall(CHAT + b"content-length: 1001\r\n\r\n")
+                response, _ = _read_until_closed(sock, 2)
+            assert _status(response) == 413
+    finally:
+        gw.stop()
