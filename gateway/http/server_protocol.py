@@ -180,6 +180,8 @@ READ_REFUSED = "gateway.read_refused"
 CALL_KEY = "gateway.call"
 # How long a refused connection's further input is read and dropped before it is closed.
 LINGER_S = 2.0
+# An answered request's unread body is dropped (keeping the connection) up to this many times max_body_bytes.
+_DROP_AT_MOST = 16
 # What the connection is reading: a head, a body, nothing (between requests), or nothing more (refused).
 _HEAD, _BODY, _BETWEEN, _LINGER = 0, 1, 2, 3
 
@@ -273,6 +275,10 @@ class GatewayHttpToolsProtocol(HttpToolsProtocol):
                     or len(self.headers) > limits.max_headers):
                 self._refuse_body(HeaderFieldsTooLarge(
                     "The request's chunk framing or trailers exceed the head's limits."), "trailers_too_large")
+            elif self._body_bytes > _DROP_AT_MOST * limits.max_body_bytes and self.cycle.response_complete:
+                # Answered already (a 413 for a chunked body, a 401): dropping a body is not worth
+                # more than this, however fast it comes; the connection is closed instead.
+                self._refuse(None, "body_too_large")
 
     # The parser callbacks below are uvicorn's own (0.54), with the limits' counting added in line:
     # they run for every request, and calling uvicorn's through super() would cost a frame each.
@@ -371,8 +377,9 @@ class GatewayHttpToolsProtocol(HttpToolsProtocol):
         elif reading == _BODY:
             if self.flow.read_paused or self.pipeline:
                 # Not reading (the app has not taken what came, or an earlier request is being
-                # answered): the client cannot be late; its clock starts again when reading resumes.
-                self._since, self._body_bytes = now, 0
+                # answered): the client cannot be late; its clock moves so that it is due a whole
+                # body_timeout_s after reading resumes.
+                self._since = now - self._body_bytes / limits.min_body_rate_bytes_s
                 due = now + limits.body_timeout_s
             else:
                 due = self._since + limits.body_timeout_s + self._body_bytes / limits.min_body_rate_bytes_s

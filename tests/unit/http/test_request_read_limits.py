@@ -371,3 +371,49 @@ async def test_a_huge_request_line_is_bounded_like_a_head() -> None:
     protocol.data_received(b"GET /" + b"a" * 3000)
     protocol.data_received(b"a" * 3000)
     assert _status(transport.written) == 431 and app.refused == ["head_too_large"]
+
+
+async def test_an_answered_requests_endless_chunked_body_is_dropped_then_closed() -> None:
+    async def early(scope: Any, receive: Any, send: Any) -> None:  # a 401: the body is never read
+        await send({"type": "http.response.start", "status": 401, "headers": [(b"content-length", b"0")]})
+        await send({"type": "http.response.body", "body": b""})
+
+    app = App()
+    protocol, transport, clock = _connection(app)
+    protocol.app = early
+    protocol.data_received(POST + b"transfer-encoding: chunked\r\n\r\n")
+    await _settle()
+    chunk = b"%x\r\n%s\r\n" % (50_000, b"x" * 50_000)
+    for _ in range(32):  # 1.6 MB, fast enough for any rate: dropped, the connection kept
+        protocol.data_received(chunk)
+        clock.advance(0.01)
+    assert not transport.closed
+    protocol.data_received(chunk)
+    assert transport.closed and app.refused == ["body_too_large"]
+    assert transport.written.count(b"HTTP/1.1") == 1
+
+
+async def test_a_body_is_not_due_while_reading_is_paused() -> None:
+    class Slow(App):
+        """Takes its body only once told to (the flow control pauses reading past 64 KiB meanwhile)."""
+
+        go = asyncio.Event()
+
+        async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+            await self.go.wait()
+            await super().__call__(scope, receive, send)
+
+    app = Slow()
+    protocol, transport, clock = _connection(app)
+    body = b"x" * 99_000
+    protocol.data_received(POST + b"content-length: %d\r\n\r\n" % len(body) + body[:70_000])
+    await _settle()
+    assert protocol.flow.read_paused
+    clock.advance(300)  # far past any deadline, but the gateway was not reading
+    assert transport.written == b"" and app.refused == []
+    app.go.set()
+    await _settle()
+    protocol.data_received(body[70_000:80_000])  # the rest, as reading resumes
+    protocol.data_received(body[80_000:])
+    await _settle()
+    assert _status(transport.written) == 200 and transport.written.endswith(b"99000") and app.refused == []
