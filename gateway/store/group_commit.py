@@ -28,6 +28,10 @@ from gateway.store.journal import Journal, Segment
 
 log = logging.getLogger("gateway.store.journal")
 
+# Characters of rows per write: a commit of more (envelopes with large bodies) is written in slices,
+# one per turn of the loop, so no write holds the loop for more than about a millisecond.
+SLICE_CHARS = 1 << 20
+
 
 class GroupCommit:
     """Moves rows from `queue` into `journal` at most once per `interval_s`, then to `deliver`.
@@ -44,7 +48,7 @@ class GroupCommit:
         self._interval = interval_s
         self._deliver = deliver
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._timer: asyncio.TimerHandle | None = None
+        self._timer: asyncio.Handle | None = None
         self._next = 0.0  # loop time before which the next commit waits
         self._syncer = _Syncer(journal)
         self._last_error_log = float("-inf")
@@ -67,17 +71,36 @@ class GroupCommit:
         self._timer = loop.call_at(self._next, self.commit)
 
     def commit(self) -> None:
-        """Write everything queued now (the timer's callback; also a flush's and shutdown's)."""
+        """Write what is queued now (the timer's callback; also a flush's): a slice of at most
+        SLICE_CHARS, the rest in the next turns of the loop."""
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
         queue = self.queue
         if not queue:
             return
-        rows = list(queue)
-        queue.clear()
         if self._loop is not None:
             self._next = self._loop.time() + self._interval
+        self._write_slice()
+        if queue and self._loop is not None:
+            self._timer = self._loop.call_soon(self._more)
+
+    def _more(self) -> None:
+        self._timer = None
+        self._write_slice()
+        if self.queue and self._loop is not None:
+            self._timer = self._loop.call_soon(self._more)
+
+    def _write_slice(self) -> None:
+        queue = self.queue
+        if not queue:
+            return
+        rows: list[str] = []
+        size = 0
+        while queue and size < SLICE_CHARS:
+            row = queue.popleft()
+            rows.append(row)
+            size += len(row)
         segment: Segment | None = None
         try:
             segment = self._journal.write(rows)
@@ -95,8 +118,12 @@ class GroupCommit:
 
     async def aclose(self) -> None:
         """Write what is queued, fsync everything written, and end the sync thread."""
-        self.commit()
-        self._loop = None  # rows queued from now on wait for the caller (shutdown journals them)
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._loop = None  # nothing is scheduled from now on: rows queued later wait for the caller
+        while self.queue:
+            self._write_slice()
         await asyncio.to_thread(self._syncer.stop)
 
 

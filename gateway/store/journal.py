@@ -184,7 +184,10 @@ class Journal:
         while True:
             self._seq += 1
             path = self.directory / f"{self._base}-{self._seq:04d}{SUFFIX}"
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR | os.O_APPEND | os.O_CLOEXEC, 0o600)
+            try:
+                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR | os.O_APPEND | os.O_CLOEXEC, 0o600)
+            except FileExistsError:  # a journal of this process made in the same millisecond has it
+                continue
             f = os.fdopen(fd, "a+b")
             try:
                 fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)

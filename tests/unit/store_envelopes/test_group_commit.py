@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from gateway.store.group_commit import GroupCommit
+from gateway.store.group_commit import SLICE_CHARS, GroupCommit
 
 
 class Disk:
@@ -119,3 +119,21 @@ async def test_a_write_the_disk_refuses_still_hands_the_rows_on() -> None:
 def test_the_interval_must_be_positive() -> None:
     with pytest.raises(ValueError, match="interval_s"):
         GroupCommit(Disk(), 0, lambda seg, rows: None)  # type: ignore[arg-type]
+
+
+async def test_large_rows_are_written_in_slices_one_per_turn_of_the_loop() -> None:
+    h = Harness(10.0)
+    h.put("warm")
+    await h.until(1)
+    big = "x" * (SLICE_CHARS // 2)
+    for _ in range(6):
+        h.put(big)
+    h.gc.commit()  # a flush: the first slice at once, the others in the next turns
+    assert [len(w) for w in h.disk.writes] == [1, 2]
+    await h.until(7)
+    assert [len(w) for w in h.disk.writes] == [1, 2, 2, 2]
+    for _ in range(3):
+        h.put(big)
+    await h.gc.aclose()  # shutdown writes every slice before it returns
+    assert [len(w) for w in h.disk.writes] == [1, 2, 2, 2, 2, 1]
+    assert all(rows for rows in h.disk.writes), "never an empty write"
