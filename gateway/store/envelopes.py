@@ -8,11 +8,11 @@ The journal's group commit (group_commit.py) takes that deque: at most once per
 `commit_interval_s` (20 ms by default) it appends every row queued since to the journal in one
 write (a sync thread fsyncs it), then hands the rows to this writer. So a crash, even SIGKILL,
 loses at most the envelopes of the last commit interval; the next start replays what the journal
-holds and the ledger lacks. A single writer task takes the
-committed rows in batches of up to `batch_size`, or whatever came within `flush_interval_s`, and
-inserts each with ON CONFLICT (envelope_id) DO NOTHING, so a row sent twice (a lost commit
-acknowledgement, a journal replayed after its rows got in) lands once. Each batch in tells the
-journal, which empties or deletes its files once all their rows are in.
+holds and the ledger lacks (before start() returns). A single writer task takes the committed rows
+in batches of up to `batch_size`, or whatever came within `flush_interval_s`, and inserts each
+with ON CONFLICT (envelope_id) DO NOTHING, so a row sent twice (a lost commit acknowledgement, a
+journal replayed after its rows got in) lands once. Each batch in tells the journal, which
+deletes a file once all its rows are in.
 
 When the ledger fails, the batch's rows are left to the journal (already on disk) and the writer
 turns degraded: later rows are left there at once, and every `retry_interval_s` it pings the
