@@ -4,15 +4,15 @@
 (~10 us, so every request pays for its own and no batch ever holds the event loop), then a deque
 append (or, when the writer already holds `queue_size` envelopes, one buffered line to the journal).
 
-The journal's group commit (group_commit.py) takes that deque: on its own thread, at most once per
-`commit_interval_s` (20 ms by default), it appends every row queued since to the journal in one
-write, fsyncs, and only then hands the rows back to this writer. So a crash, even SIGKILL, loses at
-most the envelopes of the last commit interval (and of the write and fsync in progress); the next
-start replays what the journal holds and the ledger lacks. A single writer task takes the
-committed rows in batches of up to `batch_size`, or whatever came within `flush_interval_s`, and
-inserts each with ON CONFLICT (envelope_id) DO NOTHING, so a row sent twice (a lost commit
-acknowledgement, a journal replayed after its rows got in) lands once. Each batch in tells the
-journal, which empties or deletes its files once all their rows are in.
+The journal's group commit (group_commit.py) takes that deque: at most once per
+`commit_interval_s` (20 ms by default) it appends every row queued since to the journal in one
+write (a sync thread fsyncs it), then hands the rows to this writer. So a crash, even SIGKILL,
+loses at most the envelopes of the last commit interval; the next start replays what the journal
+holds and the ledger lacks (before start() returns). A single writer task takes the committed rows
+in batches of up to `batch_size`, or whatever came within `flush_interval_s`, and inserts each
+with ON CONFLICT (envelope_id) DO NOTHING, so a row sent twice (a lost commit acknowledgement, a
+journal replayed after its rows got in) lands once. Each batch in tells the journal, which
+deletes a file once all its rows are in.
 
 When the ledger fails, the batch's rows are left to the journal (already on disk) and the writer
 turns degraded: later rows are left there at once, and every `retry_interval_s` it pings the
@@ -50,7 +50,7 @@ from gateway.store.envelope_rows import (
     row_json,
     values_row_json,
 )
-from gateway.store.group_commit import GroupCommitter
+from gateway.store.group_commit import GroupCommit
 from gateway.store.journal import Journal, Segment
 from gateway.store.ledger import Ledger, LedgerUnavailable
 
@@ -76,10 +76,6 @@ def _rejected_by_database(e: BaseException) -> bool:
 
 def _jsonable(row: Mapping[str, Any]) -> dict[str, Any]:
     return {k: (v.isoformat() if isinstance(v, datetime | date) else v) for k, v in row.items()}
-
-
-def _no_commit_yet() -> None:
-    """The committer's wake-up before start(): rows wait in the deque for it."""
 
 
 @dataclass(slots=True)
@@ -113,15 +109,12 @@ class EnvelopeWriter:
         self._batch_size = batch_size
         self._flush_interval = flush_interval_s
         self._retry_interval = retry_interval_s
-        self._commit_interval = commit_interval_s
         self._backend = ledger.backend
         # Each queued envelope as its row in JSON (`row_json`): what the journal and a batch insert
-        # take as it is. Filled on the loop, emptied by the committer's thread.
-        self._buf: deque[str] = deque()
-        self._committer: GroupCommitter[Segment] | None = None
-        self._commit_wake = _no_commit_yet
-        self._large_group = 1024  # the committer's: a deque this long makes it commit early
-        self._commit_stopped = False
+        # take as it is, until the group commit writes it.
+        self._group = GroupCommit(self.journal, commit_interval_s, self._on_committed)
+        self._buf: deque[str] = self._group.queue
+        self._commit_wake = self._group.arm
         # Committed rows waiting for the ledger insert.
         self._ready: deque[_Chunk] = deque()
         self._ready_rows = 0
@@ -189,8 +182,7 @@ class EnvelopeWriter:
         self._submitted += 1
         buf = self._buf
         buf.append(row)
-        n = len(buf)
-        if n == 1 or n == self._large_group:
+        if len(buf) == 1:
             self._commit_wake()
 
     def _overflow(self, envelope: dict[str, Any]) -> None:
@@ -231,13 +223,7 @@ class EnvelopeWriter:
         self.replayed_at_start = await self._replay(own_only=False)
         if not self.replayed_at_start:
             self._enter_degraded("the journal replay at start failed")
-        committer = GroupCommitter(self._buf, self.journal.commit, self._on_committed, loop,
-                                   self._commit_interval, large_group=self._large_group)
-        self._committer = committer
-        committer.start()
-        self._commit_wake = committer.wake
-        if self._buf:
-            committer.wake()
+        self._group.start(loop)
         self._task = loop.create_task(self._run(), name="gateway-envelope-writer")
         self._task.add_done_callback(self._writer_done)
 
@@ -245,11 +231,11 @@ class EnvelopeWriter:
         """Return once everything submitted so far is in the database or (fsync'd) in the journal."""
         target = self._submitted
         if self._settled < target:
-            if self._task is None or self._committer is None:
+            if self._task is None:
                 raise RuntimeError("EnvelopeWriter.flush() before start()")
             self._flushing += 1
             try:
-                self._committer.commit_now()
+                self._group.commit()
                 self._wake.set()
                 while self._settled < target and not self._task.done():
                     self._progress.clear()
@@ -265,12 +251,11 @@ class EnvelopeWriter:
             return
         self._closing = True
         self._wake.set()
-        task, committer = self._task, self._committer
-        if task is not None and committer is not None:
-            # Everything queued is committed and handed over before the thread ends; the writer
-            # exits once it is all in. A cancelled aclose() still lets both finish.
-            await asyncio.shield(asyncio.to_thread(committer.stop))
-            self._commit_stopped = True
+        task = self._task
+        if task is not None:
+            # Everything queued is written and handed over at once; the writer exits once it is all
+            # in. A cancelled aclose() still lets it finish.
+            await asyncio.shield(self._group.aclose())
             self._wake.set()
             await asyncio.shield(task)
         else:
@@ -284,7 +269,7 @@ class EnvelopeWriter:
 
     @property
     def stats(self) -> dict[str, Any]:
-        c = self._committer
+        g = self._group
         return {
             "queued": self._submitted - self._settled,
             "written": self._written,
@@ -294,9 +279,9 @@ class EnvelopeWriter:
             "degraded": self._degraded,
             "overflowed": self._overflowed,
             "rejected": self._rejected,
-            "committed": c.committed if c is not None else 0,
-            "commits": c.commits if c is not None else 0,
-            "commit_errors": c.errors if c is not None else 0,
+            "committed": g.committed,
+            "commits": g.commits,
+            "commit_errors": g.errors,
         }
 
     # -- the writer task ---------------------------------------------------------------------------
@@ -326,7 +311,9 @@ class EnvelopeWriter:
                 await self._set_aside_bad()
                 if batch:
                     await self._persist(batch)
-                if self._closing and self._commit_stopped and not self._ready:
+                if self._closing and self._buf:
+                    self._group.commit()  # kept in memory while the disk refused (see _overflow)
+                if self._closing and not self._buf and not self._ready:
                     await self._final_replay()
                     return
                 await self._maintain()
@@ -359,7 +346,7 @@ class EnvelopeWriter:
 
     async def _next_batch(self) -> list[_Chunk]:
         if not self._ready:
-            if self._closing and self._commit_stopped:
+            if self._closing and not self._buf:
                 return []
             if not await self._wait_wake(self._idle_timeout()) or not self._ready:
                 return []

@@ -6,10 +6,10 @@ long as the file exists, so a replay (by any process) takes exactly the files wh
 or done: a live process's file cannot be locked, a dead process's lock died with it.
 
 Three ways in:
-- `commit()`: the group commit (see group_commit.py): a list of rows as `row_json` made them (JSON
-  arrays in the ledger's column order), one write and one fsync, on the committer's thread. The
-  first row array of a file follows a header line naming the columns, so a replay by a later
-  version (with another column list) still maps every value to its column.
+- `write()`: the group commit (see group_commit.py): a list of rows as `row_json` made them (JSON
+  arrays in the ledger's column order) in one write; `sync_written()`, on the sync thread, fsyncs
+  them. The first row array of a file follows a header line naming the columns, so a replay by a
+  later version (with another column list) still maps every value to its column.
 - `append()`: envelopes (dicts), written and fsync'd in a worker thread.
 - `append_nowait()`: one envelope (a dict), a buffered write handed to the OS on the calling thread
   with no fsync; the hot path's overflow when the writer holds too much. `sync()` makes it durable.
@@ -130,8 +130,8 @@ class Journal:
         self._seq = 0
         self._header = orjson.dumps({HEADER_KEY: list(columns)}, option=orjson.OPT_APPEND_NEWLINE)
         self._max_segment = max_segment_bytes
-        # Guards the segment lists, their counts and every write: commits run on the committer's
-        # thread, appends in worker threads and on the loop thread, settlements on the loop thread.
+        # Guards the segment lists, their counts and every write: commits and settlements run on the
+        # loop thread, fsyncs on the sync thread, appends in worker threads and on the loop thread.
         self._lock = threading.Lock()
         self._current: _Held | None = None  # where group commits go
         self._spill: _Held | None = None  # where appends go: lines held nowhere else, for a replay
@@ -139,6 +139,11 @@ class Journal:
         self._draining: list[_Held] = []
         # Own segments with abandoned lines, out of service, waiting for a replay: still locked by us.
         self._sealed: list[_Held] = []
+        # Segments written to since the last `sync_written()`.
+        self._unsynced: list[_Held] = []
+        # Held while an own file is fsync'd by descriptor, and taken before one is closed, so an
+        # fsync never lands on a closed (or reused) descriptor.
+        self._fsync_lock = threading.Lock()
         self._write_failed = False
         self._dir_ready = False
         self._dir_synced = True
@@ -179,7 +184,10 @@ class Journal:
         while True:
             self._seq += 1
             path = self.directory / f"{self._base}-{self._seq:04d}{SUFFIX}"
-            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR | os.O_APPEND | os.O_CLOEXEC, 0o600)
+            try:
+                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_RDWR | os.O_APPEND | os.O_CLOEXEC, 0o600)
+            except FileExistsError:  # a journal of this process made in the same millisecond has it
+                continue
             f = os.fdopen(fd, "a+b")
             try:
                 fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -227,17 +235,43 @@ class Journal:
         cur.rows += count
         cur.size += len(data)
 
-    def commit(self, rows: Sequence[str]) -> Segment:
-        """Append row arrays (`row_json` texts) in one write and fsync them: the group commit, on the
-        committer's thread. Returns their segment. Raises OSError if the disk refuses."""
+    def write(self, rows: Sequence[str]) -> Segment:
+        """Append row arrays (`row_json` texts) in one write, to be fsync'd by `sync_written()`: the
+        group commit. Returns their segment. Raises OSError if the disk refuses."""
         body = ("\n".join(rows) + "\n").encode()
         with self._lock:
             cur = self._segment_locked()
             self._write_locked(cur, body if cur.header else self._header + body, len(rows))
             cur.header = True
-            fd, sync_dir = self._dup_for_sync(cur.file)
-        self._fsync_dup(fd, sync_dir)
+            if not self._unsynced or self._unsynced[-1] is not cur:
+                self._unsynced.append(cur)
         return cur
+
+    def commit(self, rows: Sequence[str]) -> Segment:
+        """`write(rows)`, then fsync it (blocking)."""
+        segment = self.write(rows)
+        self.sync_written()
+        return segment
+
+    def sync_written(self) -> None:
+        """fsync every segment written to since the last call (and the directory for a new file).
+        Blocking: the sync thread's. Raises OSError (the segments are then kept for the next call)."""
+        with self._lock:
+            todo, self._unsynced = self._unsynced, []
+            sync_dir = not self._dir_synced
+            self._dir_synced = True
+        try:
+            with self._fsync_lock:
+                for h in todo:
+                    if not h.gone:
+                        os.fsync(h.file.fileno())
+            if sync_dir:
+                self._fsync_dir()
+        except OSError:
+            with self._lock:
+                self._unsynced[:0] = todo
+                self._dir_synced = self._dir_synced and not sync_dir
+            raise
 
     def _append_sync(self, lines: bytes, count: int) -> None:
         with self._lock:
@@ -345,8 +379,9 @@ class Journal:
             except OSError as e:
                 log.warning("journal %s: closing: %s", h.path.name, e)
             finally:
-                h.gone = True
-                h.file.close()  # releases the lock
+                with self._fsync_lock:
+                    h.gone = True
+                    h.file.close()  # releases the lock
 
     # -- replay ------------------------------------------------------------------------------------
 
@@ -427,9 +462,10 @@ class Journal:
 
     def _finish_file(self, held: _Held) -> None:
         # Unlink before unlocking: once the lock is gone nobody must find the file again.
-        held.gone = True
-        held.path.unlink(missing_ok=True)
-        held.file.close()
+        with self._fsync_lock:
+            held.gone = True
+            held.path.unlink(missing_ok=True)
+            held.file.close()
 
     def _reject(self, raw: bytes, source: str, reason: str) -> None:
         """Keep what cannot be replayed in <name>.rejected, for an operator; never deleted here."""

@@ -135,12 +135,12 @@ def test_sigkill_under_load_loses_at_most_the_last_commit_window(tmp_path: Path,
 def test_sigterm_under_load_loses_nothing(tmp_path: Path, ledger_url: str) -> None:
     gw = _gateway(tmp_path, ledger_url)
     try:
-        answered, _ = asyncio.run(_load(gw, 1.0, signal.SIGTERM))
+        answered, _ = asyncio.run(_load(gw, 0.6, signal.SIGTERM))
         # A graceful stop ends as uvicorn ends it: by the signal, re-raised once shutdown is done.
         assert gw.process.proc.wait(20) in (0, -signal.SIGTERM), gw.process.output()[-2000:]
     finally:
         gw.stop()
-    assert len(answered) >= 100
+    assert len(answered) >= 60
     in_ledger = asyncio.run(_ledger_request_ids(ledger_url))
     assert set(answered) <= in_ledger, f"{len(set(answered) - in_ledger)} answered calls lost by a clean stop"
     assert _journal_files(tmp_path) == [], "a clean stop with the ledger up leaves no journal behind"

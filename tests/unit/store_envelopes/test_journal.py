@@ -374,3 +374,13 @@ async def test_appends_go_to_a_spill_of_their_own_so_a_replay_leaves_committed_r
     j.delete(j.settle(seg, 1))
     assert _jsonl(tmp_path) == []
     j.close()
+
+
+async def test_two_journals_made_in_the_same_millisecond_never_share_a_file(tmp_path, monkeypatch):
+    monkeypatch.setattr("gateway.store.journal.time.time", lambda: 1_700_000_000.0)
+    a, b = Journal(tmp_path, COLUMNS), Journal(tmp_path, COLUMNS)
+    a.commit([_row(1)])
+    b.commit([_row(2)])
+    assert len(_jsonl(tmp_path)) == 2
+    a.close()
+    b.close()
