@@ -18,7 +18,9 @@ and `max_headers` headers (else 408 or 431), a declared body over `max_body_byte
 at once, and a body must keep a minimum rate (else 408). Each refusal is answered in OpenAI's error
 shape with `connection: close`, counted, and followed by a bounded lingering close: what the client
 still sends is read and dropped for at most LINGER_S (and `max_body_bytes`), so that the answer is
-not lost to a reset, then the connection is closed.
+not lost to a reset, then the connection is closed. At most MAX_PIPELINED requests may wait behind
+the one being answered: what a client pipelines past that is dropped, and the connection closed
+once the queued ones are answered.
 
 One timer per connection, armed when it opens and re-armed only when it fires, watches all of it,
 including the keep-alive idle timeout uvicorn would arm and cancel as a new timer per request. A
@@ -168,7 +170,7 @@ class ConnectionLimits:
     min_body_rate_bytes_s: int = 1024
     max_body_bytes: int = 1_048_576
     # Counts a refusal by reason: head_timeout, body_timeout, head_too_large, too_many_headers, body_too_large,
-    # trailers_too_large.
+    # trailers_too_large, too_many_pipelined.
     refused: Callable[[str], None] = _uncounted
 
 
@@ -182,6 +184,12 @@ CALL_KEY = "gateway.call"
 LINGER_S = 2.0
 # An answered request's unread body is dropped (keeping the connection) up to this many times max_body_bytes.
 _DROP_AT_MOST = 16
+# Requests a connection may have waiting behind the one being answered (HTTP/1.1 pipelining). uvicorn
+# queues every request parsed from what was read, and one read of 256 KiB holds thousands of tiny
+# ones, each ~1.4 KB of cycle and scope: 200 KB of `GET /healthz` was 8 MB of memory, 100 such
+# connections 840 MB, growing while their answers went unread. Past this, the requests already
+# queued are answered, the last of them with `connection: close`, and the rest is dropped.
+MAX_PIPELINED = 32
 # What the connection is reading: a head, a body, nothing (between requests), or nothing more (refused).
 _HEAD, _BODY, _BETWEEN, _LINGER = 0, 1, 2, 3
 
@@ -314,6 +322,8 @@ class GatewayHttpToolsProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         limits = self.limits
+        if self.pipeline and len(self.pipeline) >= MAX_PIPELINED:
+            self._refuse_in_parser(None, "too_many_pipelined")
         if len(self.headers) > limits.max_headers:
             self._refuse_in_parser(HeaderFieldsTooLarge(
                 f"The request has more than {limits.max_headers} headers."), "too_many_headers")
@@ -430,7 +440,7 @@ class GatewayHttpToolsProtocol(HttpToolsProtocol):
         """The head's size as sent: request line and headers (only for a head that may be over the limit)."""
         return len(self.url) + 16 + sum(len(name) + len(value) + 4 for name, value in self.headers)
 
-    def _refuse_in_parser(self, exc: GatewayError, reason: str) -> None:
+    def _refuse_in_parser(self, exc: GatewayError | None, reason: str) -> None:
         self._refuse(exc, reason)
         raise _Refused  # stops the parser; data_received knows it
 

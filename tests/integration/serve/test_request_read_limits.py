@@ -317,3 +317,27 @@ def test_every_worker_enforces_the_limits(tmp_path: Path) -> None:
             assert _status(response) == 413
     finally:
         gw.stop()
+
+
+def test_pipelined_requests_that_are_never_read_do_not_grow_the_process(gateway: GatewayInstance) -> None:
+    # 200 KB of `GET /healthz` pipelined on each of 20 connections whose answers are never read:
+    # uvicorn queued every one (thousands a connection, 168 MB in all); past MAX_PIPELINED
+    # waiting requests the rest is dropped.
+    get = b"GET /healthz HTTP/1.1\r\nhost: gw\r\n\r\n"
+    before = _rss_kb(gateway.process.proc.pid)
+    socks = []
+    with _Counted(gateway) as counted:
+        try:
+            for _ in range(20):
+                sock = _connect(gateway)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+                sock.sendall(get * (200_000 // len(get)))
+                socks.append(sock)
+            time.sleep(1.0)
+            grown_kb = _rss_kb(gateway.process.proc.pid) - before
+            assert httpx.get(gateway.url + "/healthz", timeout=5).status_code == 200
+        finally:
+            for sock in socks:
+                sock.close()
+    assert grown_kb < 10_000, grown_kb
+    assert counted.grown.get("too_many_pipelined") == 20

@@ -12,7 +12,13 @@ import pytest
 from uvicorn.config import Config
 from uvicorn.server import ServerState
 
-from gateway.http.server_protocol import LINGER_S, READ_REFUSED, ConnectionLimits, GatewayHttpToolsProtocol
+from gateway.http.server_protocol import (
+    LINGER_S,
+    MAX_PIPELINED,
+    READ_REFUSED,
+    ConnectionLimits,
+    GatewayHttpToolsProtocol,
+)
 
 LIMITS = dict(max_head_bytes=4096, max_headers=20, head_timeout_s=10.0, body_timeout_s=20.0,
               min_body_rate_bytes_s=1000, max_body_bytes=100_000)
@@ -417,3 +423,28 @@ async def test_a_body_is_not_due_while_reading_is_paused() -> None:
     protocol.data_received(body[80_000:])
     await _settle()
     assert _status(transport.written) == 200 and transport.written.endswith(b"99000") and app.refused == []
+
+
+async def test_pipelined_requests_past_the_bound_are_dropped_not_queued() -> None:
+    # 200 KB of tiny pipelined requests in one read was thousands of queued cycles (8 MB a connection).
+    app = App()
+    protocol, transport, _ = _connection(app)
+    get = b"GET /healthz HTTP/1.1\r\nhost: gw\r\n\r\n"
+    protocol.data_received(get * 5000)
+    assert len(protocol.pipeline) == MAX_PIPELINED and app.refused == ["too_many_pipelined"]
+    protocol.data_received(get * 100)  # what comes after is dropped, not parsed
+    assert len(protocol.pipeline) == MAX_PIPELINED
+    for _ in range(MAX_PIPELINED + 5):
+        await _settle()
+    # Each queued request is answered; the last answer closes the connection.
+    assert transport.written.count(b"HTTP/1.1 200 ") == MAX_PIPELINED + 1 and transport.closed
+
+
+async def test_pipelined_requests_within_the_bound_are_all_answered() -> None:
+    app = App()
+    protocol, transport, _ = _connection(app)
+    protocol.data_received((POST + b"content-length: 2\r\n\r\n{}") * (MAX_PIPELINED + 1))
+    for _ in range(MAX_PIPELINED + 5):
+        await _settle()
+    assert transport.written.count(b"HTTP/1.1 200 ") == MAX_PIPELINED + 1
+    assert app.refused == [] and not transport.closed
