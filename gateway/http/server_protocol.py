@@ -42,7 +42,14 @@ from uvicorn._types import ASGISendEvent
 from uvicorn.protocols.http.flow_control import HIGH_WATER_LIMIT
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol, RequestResponseCycle
 
-from gateway.errors import GatewayError, HeaderFieldsTooLarge, PayloadTooLarge, RequestTimeout, error_response_parts
+from gateway.errors import (
+    BadRequest,
+    GatewayError,
+    HeaderFieldsTooLarge,
+    PayloadTooLarge,
+    RequestTimeout,
+    error_response_parts,
+)
 from gateway.ids import request_id
 
 _HEAD_START = b"HTTP/"
@@ -440,6 +447,21 @@ class GatewayHttpToolsProtocol(HttpToolsProtocol):
         """The head's size as sent: request line and headers (only for a head that may be over the limit)."""
         return len(self.url) + 16 + sum(len(name) + len(value) + 4 for name, value in self.headers)
 
+    def _write_error(self, exc: GatewayError, rid: str | None = None) -> None:
+        """Answer `exc` in OpenAI's error shape with `connection: close` (the connection's last answer)."""
+        status, body, headers = error_response_parts(exc, rid or request_id())
+        parts = [STATUS_LINE[status]]
+        for name, value in (*self.server_state.default_headers, *headers,
+                            (b"content-length", b"%d" % len(body)), (b"connection", b"close")):
+            parts += (name, b": ", value, b"\r\n")
+        parts += (b"\r\n", body)
+        self.transport.write(b"".join(parts))
+
+    def send_400_response(self, msg: str) -> None:
+        """uvicorn's answer to a request it cannot parse, in OpenAI's error shape (uvicorn's is text/plain)."""
+        self._write_error(BadRequest(msg, code="invalid_http_request"))
+        self.transport.close()
+
     def _refuse_in_parser(self, exc: GatewayError | None, reason: str) -> None:
         self._refuse(exc, reason)
         raise _Refused  # stops the parser; data_received knows it
@@ -458,13 +480,7 @@ class GatewayHttpToolsProtocol(HttpToolsProtocol):
             self.transport.close()
             return
         else:
-            status, body, headers = error_response_parts(exc, rid or request_id())
-            parts = [STATUS_LINE[status]]
-            for name, value in (*self.server_state.default_headers, *headers,
-                                (b"content-length", b"%d" % len(body)), (b"connection", b"close")):
-                parts += (name, b": ", value, b"\r\n")
-            parts += (b"\r\n", body)
-            self.transport.write(b"".join(parts))
+            self._write_error(exc, rid)
             if self.transport.can_write_eof():
                 self.transport.write_eof()
             else:

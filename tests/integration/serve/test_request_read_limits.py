@@ -341,3 +341,16 @@ def test_pipelined_requests_that_are_never_read_do_not_grow_the_process(gateway:
                 sock.close()
     assert grown_kb < 10_000, grown_kb
     assert counted.grown.get("too_many_pipelined") == 20
+
+
+@pytest.mark.parametrize("request_bytes", [
+    CHAT + b"content-length: 2\r\ncontent-length: 3\r\n\r\n{}",  # conflicting lengths (smuggling)
+    CHAT + b"content-length: 2\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n",
+    b"GET /healthz HTTP/1.1\r\nhost: gw\r\nbad header\r\n\r\n",
+])
+def test_an_unparsable_request_is_400_in_openais_error_shape(gateway: GatewayInstance, request_bytes: bytes) -> None:
+    with _connect(gateway) as sock:
+        sock.sendall(request_bytes)
+        response, closed = _read_until_closed(sock, 2)
+    assert closed and _status(response) == 400, response
+    assert _error_code(response) == "invalid_http_request"

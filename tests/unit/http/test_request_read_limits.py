@@ -448,3 +448,21 @@ async def test_pipelined_requests_within_the_bound_are_all_answered() -> None:
         await _settle()
     assert transport.written.count(b"HTTP/1.1 200 ") == MAX_PIPELINED + 1
     assert app.refused == [] and not transport.closed
+
+
+@pytest.mark.parametrize("request_bytes", [
+    b"GET / HTTP/1.1\r\ncontent-length: x\r\n\r\n",
+    POST + b"content-length: 5\r\ncontent-length: 6\r\n\r\nhello!",
+    POST + b"content-length: 5\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n",
+    b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03",  # TLS to the plain-text port
+])
+async def test_an_unparsable_request_is_400_in_openais_error_shape(request_bytes: bytes) -> None:
+    app = App()
+    protocol, transport, _ = _connection(app)
+    protocol.data_received(request_bytes)
+    head, _, body = transport.written.partition(b"\r\n\r\n")
+    assert _status(transport.written) == 400 and transport.closed and app.calls == []
+    assert b"\r\ncontent-type: application/json\r\n" in head and b"\r\nconnection: close" in head
+    assert orjson.loads(body) == {"error": {"message": "Invalid HTTP request received.",
+                                            "type": "invalid_request_error", "param": None,
+                                            "code": "invalid_http_request"}}
