@@ -20,7 +20,6 @@ from gateway.errors import (
     UpstreamRejected,
     UpstreamTimeout,
     UpstreamUnavailable,
-    bounded,
     dumps_forwarded,
     scrub,
     scrub_error,
@@ -28,11 +27,10 @@ from gateway.errors import (
 )
 from gateway.providers.base import ChatResult, ChatStream, Dialect, EmbeddingsResult, Provider, StreamTranslator
 from gateway.providers.transport import Origin, Response, TransportError
+from gateway.resilience.backoff import parse_retry_after, retry_after_headers
 from gateway.settings import ProviderSettings
 
 _NOT_RETRYABLE = {400, 404, 413, 422}
-# A retry-after is seconds or an HTTP date (29 characters); a longer one is not passed on whole.
-_RETRY_AFTER_CHARS = 32
 
 
 class HttpProvider(Provider):
@@ -178,11 +176,11 @@ class HttpProvider(Provider):
             # provider's text (which may quote the key) is not passed on.
             raise UpstreamAuthFailed(f"provider '{self.name}' rejected the gateway's credentials")
         if status == 429:
-            out = {}
-            if retry_after := headers.get("retry-after"):
-                out["retry-after"] = bounded(retry_after, _RETRY_AFTER_CHARS)
-            if retry_after_ms := headers.get("retry-after-ms"):
-                out["retry-after-ms"] = bounded(retry_after_ms, _RETRY_AFTER_CHARS)
+            # The wait the provider asks for, said as the gateway's own 429s say it (whole seconds and
+            # milliseconds, capped at a year): its header values are not passed on as they came, so
+            # nothing but a number (never a quoted key, never 20 digits) reaches the client.
+            delay = parse_retry_after(headers)
+            out = retry_after_headers(delay) if delay is not None else {}
             raise UpstreamRateLimited(f"provider '{self.name}' is rate limiting: {message}", headers=out)
         if status in _NOT_RETRYABLE:
             raise UpstreamRejected(message, status=status, param=param, code=code)

@@ -3,9 +3,10 @@ from __future__ import annotations
 import orjson
 import pytest
 
-from gateway.errors import UpstreamBadResponse, UpstreamError
+from gateway.errors import UpstreamBadResponse, UpstreamError, UpstreamRateLimited
 from gateway.providers.azure_openai import AzureOpenAIDialect
 from gateway.providers.base import served_model_name
+from gateway.providers.http import HttpProvider
 from gateway.providers.openai import OpenAIDialect, OpenAIStreamTranslator
 from gateway.settings import ProviderSettings
 
@@ -114,3 +115,20 @@ def test_served_model_names_are_scrubbed_and_bounded() -> None:
     assert served_model_name(None) is None and served_model_name({"a": 1}) is None
     long = served_model_name("gpt-sk-abcdefghijklmnop " + "m " * 100_000)
     assert long is not None and "sk-abc" not in long and len(long) < 300
+
+
+@pytest.mark.parametrize(("headers", "expected"), [
+    ({"retry-after": "7"}, {"retry-after": "7", "retry-after-ms": "7000"}),
+    ({"retry-after-ms": "1500", "retry-after": "2"}, {"retry-after": "2", "retry-after-ms": "1500"}),
+    ({"retry-after": "sk-x"}, {}),  # the provider's own key, quoted where a number belongs
+    ({"retry-after": "Bearer sk-proj-0123456789abcdef"}, {}),
+    ({"retry-after": "9" * 20}, {"retry-after": str(365 * 86400), "retry-after-ms": str(365 * 86400_000)}),
+    ({"retry-after-ms": "nan", "retry-after": "-1"}, {}),
+    ({}, {}),
+])
+def test_a_providers_retry_after_reaches_the_client_only_as_a_bounded_number(
+        headers: dict[str, str], expected: dict[str, str]) -> None:
+    provider = HttpProvider("up", OPENAI, OpenAIDialect())
+    with pytest.raises(UpstreamRateLimited) as info:
+        provider._raise_for(429, b'{"error": {"message": "slow down"}}', headers)
+    assert info.value.headers == expected
