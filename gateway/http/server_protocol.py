@@ -15,12 +15,13 @@ to uvicorn's own code unchanged, which also raises its errors.
 What reading a request may cost is bounded here, before the app (and so before auth or any
 in-flight slot) sees it: a head must arrive within `head_timeout_s` in at most `max_head_bytes`
 and `max_headers` headers (else 408 or 431), a declared body over `max_body_bytes` is answered 413
-at once, and a body must keep a minimum rate (else 408). Each refusal is answered in OpenAI's error
-shape with `connection: close`, counted, and followed by a bounded lingering close: what the client
-still sends is read and dropped for at most LINGER_S (and `max_body_bytes`), so that the answer is
-not lost to a reset, then the connection is closed. At most MAX_PIPELINED requests may wait behind
-the one being answered: what a client pipelines past that is dropped, and the connection closed
-once the queued ones are answered.
+at once, and a body must keep a minimum rate (else 408). Each refusal is answered in OpenAI's
+error shape with `connection: close`, counted, and followed by a bounded lingering close: what
+the client still sends is read and dropped for at most LINGER_S (and `max_body_bytes`), so that
+the answer is not lost to a reset, then the connection is closed. At most MAX_PIPELINED requests
+may wait behind the one being answered: what a client pipelines past that is dropped, and the
+connection closed once the queued ones are answered. An answer its client does not read for
+`send_timeout_s` (the transport's buffer staying full) has its connection aborted.
 
 One timer per connection, armed when it opens and re-armed only when it fires, watches all of it,
 including the keep-alive idle timeout uvicorn would arm and cancel as a new timer per request. A
@@ -176,8 +177,12 @@ class ConnectionLimits:
     body_timeout_s: float = 20.0
     min_body_rate_bytes_s: int = 1024
     max_body_bytes: int = 1_048_576
+    # How long an answer may wait for its client to read it (the transport's buffer full) before the
+    # connection is dropped: a client that never reads would otherwise hold its slot, its upstream
+    # connection and its reservation for as long as it likes.
+    send_timeout_s: float = 30.0
     # Counts a refusal by reason: head_timeout, body_timeout, head_too_large, too_many_headers, body_too_large,
-    # trailers_too_large, too_many_pipelined.
+    # trailers_too_large, too_many_pipelined, send_timeout.
     refused: Callable[[str], None] = _uncounted
 
 
@@ -232,10 +237,12 @@ class GatewayHttpToolsProtocol(HttpToolsProtocol):
         self._body_bytes = 0
         self._linger_left = 0
         self._content_length: bytes | None = None
+        self._write_paused_at = 0.0  # when the client last stopped taking what is written to it
         self._timer: asyncio.TimerHandle | None = None
         # The timer never sleeps longer than this, so a deadline that starts while it sleeps (a
-        # head after an idle wait, a body after its head) is never passed unseen.
-        self._max_sleep = min(self.limits.head_timeout_s, self.limits.body_timeout_s)
+        # head after an idle wait, a body after its head, a client that stops reading) is never
+        # passed by more than this.
+        self._max_sleep = min(self.limits.head_timeout_s, self.limits.body_timeout_s, self.limits.send_timeout_s)
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(_HeadJoiningTransport(transport, self.loop))  # type: ignore[arg-type]
@@ -376,11 +383,22 @@ class GatewayHttpToolsProtocol(HttpToolsProtocol):
         elif self._reading == _BETWEEN:
             self._since = self.loop.time()  # idle from now
 
+    def pause_writing(self) -> None:
+        # Only when the transport's buffer is over its high-water mark: never on a request's usual path.
+        super().pause_writing()
+        self._write_paused_at = self.loop.time()
+
     # -- the timer ------------------------------------------------------------------------------
     def _check(self) -> None:
         self._timer = None
         now = self.loop.time()
         limits, reading = self.limits, self._reading
+        if self.flow.write_paused and now - self._write_paused_at >= limits.send_timeout_s:
+            # The client has not read its answer for send_timeout_s: what is buffered for it will
+            # not be flushed, so the connection is aborted, not closed; the app sees it gone.
+            limits.refused("send_timeout")
+            self.transport.abort()  # type: ignore[attr-defined]
+            return
         if reading == _HEAD:
             due = self._since + limits.head_timeout_s
             if now >= due:
@@ -409,8 +427,11 @@ class GatewayHttpToolsProtocol(HttpToolsProtocol):
             if self._busy() is None:
                 due = self._since + self.timeout_keep_alive
                 if now >= due:
-                    self.transport.close()
-                    return
+                    if not self.flow.write_paused:
+                        self.transport.close()
+                        return
+                    # A close would wait for the unread answer to flush: the send timeout ends it.
+                    due = self._write_paused_at + limits.send_timeout_s
             else:  # a request is being answered: its own deadlines bound it
                 due = now + self.timeout_keep_alive
         else:

@@ -8,6 +8,7 @@ by byte, or a body slower than `min_body_rate_bytes_s`, is answered 408 and clos
 
 from __future__ import annotations
 
+import contextlib
 import re
 import select
 import socket
@@ -354,3 +355,40 @@ def test_an_unparsable_request_is_400_in_openais_error_shape(gateway: GatewayIns
         response, closed = _read_until_closed(sock, 2)
     assert closed and _status(response) == 400, response
     assert _error_code(response) == "invalid_http_request"
+
+
+def test_an_answer_never_read_is_dropped_after_the_send_timeout(tmp_path: Path) -> None:
+    # A ~16 MB answer whose client never reads it: the transport kept it, and the connection,
+    # for as long as the client stayed (a stream's upstream connection and reservation too).
+    gw = start_gateway(tmp_path, providers={"mock": {"kind": "mock", "mock_embedding_dims": 4096}},
+                       routes={"emb": {"targets": [{"provider": "mock", "model": "mock-emb"}]}},
+                       tenants={"acme": {}}, server={"send_timeout_s": 1})
+    fds = Path(f"/proc/{gw.process.proc.pid}/fd")
+
+    def sockets() -> int:
+        count = 0
+        for fd in fds.iterdir():
+            with contextlib.suppress(FileNotFoundError):  # closed since it was listed
+                count += fd.readlink().name.startswith("socket:")
+        return count
+    try:
+        with gw.client() as client:  # a call first: the gateway opens what a call opens
+            assert client.embeddings.create(model="emb", input="hi").data[0].embedding
+        time.sleep(0.2)
+        baseline = sockets()
+        body = orjson.dumps({"model": "emb", "input": [f"text {i}" for i in range(200)]})
+        with _Counted(gw) as counted, _connect(gw) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.sendall(b"POST /v1/embeddings HTTP/1.1\r\nhost: gw\r\ncontent-type: application/json\r\n"
+                         + f"authorization: Bearer {gw.key('acme')}\r\ncontent-length: {len(body)}\r\n\r\n".encode()
+                         + body)
+            assert sock.recv(12) == b"HTTP/1.1 200"
+            started = time.monotonic()
+            while time.monotonic() - started < 5 and sockets() > baseline:
+                time.sleep(0.05)
+            # The gateway let go of the connection (the kernel still owns what it could not send).
+            assert 1 <= time.monotonic() - started < 3 and sockets() == baseline
+        assert counted.grown == {"send_timeout": 1}
+        assert gw.client().embeddings.create(model="emb", input="hi").data[0].embedding
+    finally:
+        gw.stop()

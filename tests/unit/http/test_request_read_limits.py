@@ -466,3 +466,21 @@ async def test_an_unparsable_request_is_400_in_openais_error_shape(request_bytes
     assert orjson.loads(body) == {"error": {"message": "Invalid HTTP request received.",
                                             "type": "invalid_request_error", "param": None,
                                             "code": "invalid_http_request"}}
+
+
+async def test_an_answer_its_client_does_not_read_is_aborted_after_the_send_timeout() -> None:
+    app = App(send_timeout_s=30.0)
+    protocol, transport, clock = _connection(app)
+    aborted: list[bool] = []
+    transport.abort = lambda: aborted.append(True)  # type: ignore[attr-defined]
+    protocol.data_received(POST + b"content-length: 2\r\n\r\n{}")
+    await _settle()
+    protocol.pause_writing()  # the client stopped reading: the transport's buffer is full
+    clock.advance(25)
+    protocol.resume_writing()  # it read some: the wait starts again
+    clock.advance(25)
+    protocol.pause_writing()
+    clock.advance(25)
+    assert not aborted and app.refused == []
+    clock.advance(15)  # 30 s without reading, plus the timer's granularity (at most head_timeout_s)
+    assert aborted == [True] and app.refused == ["send_timeout"]
