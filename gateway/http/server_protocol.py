@@ -465,8 +465,10 @@ class GatewayHttpToolsProtocol(HttpToolsProtocol):
         return cycle if cycle is not None and not cycle.response_complete and not cycle.disconnected else None
 
     def _head_size(self) -> int:
-        """The head's size as sent: request line and headers (only for a head that may be over the limit)."""
-        return len(self.url) + 16 + sum(len(name) + len(value) + 4 for name, value in self.headers)
+        """The head's size as sent, request line, headers and the blank line, when written with one space
+        after each colon (only for a head that may be over the limit)."""
+        return (len(self.parser.get_method()) + len(self.url) + 14  # "M url HTTP/1.1\r\n" and the last "\r\n"
+                + sum(len(name) + len(value) + 4 for name, value in self.headers))
 
     def _write_error(self, exc: GatewayError, rid: str | None = None) -> None:
         """Answer `exc` in OpenAI's error shape with `connection: close` (the connection's last answer)."""

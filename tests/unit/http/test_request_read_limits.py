@@ -484,3 +484,16 @@ async def test_an_answer_its_client_does_not_read_is_aborted_after_the_send_time
     assert not aborted and app.refused == []
     clock.advance(15)  # 30 s without reading, plus the timer's granularity (at most head_timeout_s)
     assert aborted == [True] and app.refused == ["send_timeout"]
+
+
+@pytest.mark.parametrize("method", [b"GET", b"POST", b"OPTIONS"])
+async def test_a_head_of_exactly_max_head_bytes_is_served_and_one_byte_more_is_431(method: bytes) -> None:
+    for extra, status in ((0, 200), (1, 431)):
+        app = App()
+        protocol, transport, _ = _connection(app)
+        start = method + b" /v1/models HTTP/1.1\r\nhost: gw\r\nx-pad: "
+        head = start + b"a" * (LIMITS["max_head_bytes"] - len(start) - 4 + extra) + b"\r\n\r\n"  # type: ignore[operator]
+        assert len(head) == LIMITS["max_head_bytes"] + extra
+        protocol.data_received(head)
+        await _settle()
+        assert _status(transport.written) == status, (method, extra)
