@@ -31,6 +31,9 @@ from gateway.resilience.backoff import parse_retry_after, retry_after_headers
 from gateway.settings import ProviderSettings
 
 _NOT_RETRYABLE = {400, 404, 413, 422}
+# The longest line a provider's event stream may send (one event's data: a whole answer in one event
+# is far less); a longer one is a bad answer, not something to keep buffering.
+MAX_EVENT_LINE_BYTES = 8 * 1024 * 1024
 
 
 class HttpProvider(Provider):
@@ -111,12 +114,28 @@ class HttpProvider(Provider):
         event: str | None = None
         data: list[bytes] = []
         complete = False
-        pending = b""
+        # An incomplete last line waits for the next chunk, kept in the pieces it came in: joining
+        # them chunk by chunk copied a long line again for every chunk (a 64 MB line held the event
+        # loop for seconds and took 350 MB), and its length is bounded.
+        pending: list[bytes] = []
+        pending_bytes = 0
         try:
             with self._mapped_errors("stalled mid-stream", "broke the stream"):
                 async for chunk in resp.iter_chunks(idle_timeout_s):
-                    lines = (pending + chunk).split(b"\n") if pending else chunk.split(b"\n")
-                    pending = lines.pop()  # an incomplete last line waits for the next chunk
+                    if b"\n" not in chunk:
+                        pending.append(chunk)
+                        pending_bytes += len(chunk)
+                        lines = []
+                    else:
+                        if pending:
+                            pending.append(chunk)
+                            chunk = b"".join(pending)
+                        lines = chunk.split(b"\n")
+                        last = lines.pop()
+                        pending, pending_bytes = ([last], len(last)) if last else ([], 0)
+                    if pending_bytes > MAX_EVENT_LINE_BYTES:
+                        raise UpstreamBadResponse(
+                            f"provider '{self.name}' sent a stream line over {MAX_EVENT_LINE_BYTES} bytes")
                     for raw_line in lines:
                         line = raw_line.rstrip(b"\r")
                         if line:
@@ -129,7 +148,7 @@ class HttpProvider(Provider):
                             for out in translator.feed(event, b"\n".join(data)):
                                 yield out
                         event, data = None, []
-                line = pending.rstrip(b"\r")
+                line = b"".join(pending).rstrip(b"\r")
                 if line.startswith(b"data:"):
                     data.append(line[6:] if line[5:6] == b" " else line[5:])
                 if data:
