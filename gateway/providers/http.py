@@ -31,6 +31,10 @@ from gateway.resilience.backoff import parse_retry_after, retry_after_headers
 from gateway.settings import ProviderSettings
 
 _NOT_RETRYABLE = {400, 404, 413, 422}
+# Of an error answer only this much is read (its message is shown at most 1,024 characters, and
+# scrubbed from at most twice that): a longer one is not buffered (up to the 64 MiB of an answer,
+# a 20 MB error body took 56 MB), its connection is closed and its message is not known.
+MAX_ERROR_BODY_BYTES = 1024 * 1024
 # The longest line a provider's event stream may send (one event's data: a whole answer in one event
 # is far less); a longer one is a bad answer, not something to keep buffering.
 MAX_EVENT_LINE_BYTES = 8 * 1024 * 1024
@@ -79,7 +83,7 @@ class HttpProvider(Provider):
         try:
             resp = await self.origin.request("POST", url, payload,
                                              deadline=asyncio.get_running_loop().time() + timeout_s)
-            raw = await resp.read()
+            raw = await resp.read() if resp.status < 400 else await resp.read(MAX_ERROR_BODY_BYTES)
         except (TimeoutError, TransportError) as e:
             raise self._mapped(e, f"did not answer within {timeout_s:g}s", "is unreachable") from None
         if resp.status >= 400:
@@ -96,7 +100,7 @@ class HttpProvider(Provider):
             resp = await self.origin.request("POST", url, payload,
                                              deadline=asyncio.get_running_loop().time() + timeout_s)
             if resp.status >= 400:
-                raw = await resp.read()
+                raw = await resp.read(MAX_ERROR_BODY_BYTES)
             else:
                 resp.clear_deadline()
         if resp.status >= 400:
