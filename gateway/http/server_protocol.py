@@ -238,6 +238,8 @@ class GatewayHttpToolsProtocol(HttpToolsProtocol):
         self._linger_left = 0
         self._content_length: bytes | None = None
         self._write_paused_at = 0.0  # when the client last stopped taking what is written to it
+        # The answer to a request refused while an earlier one (pipelined) was still being answered.
+        self._refused_next: tuple[GatewayError, str] | None = None
         self._timer: asyncio.TimerHandle | None = None
         # The timer never sleeps longer than this, so a deadline that starts while it sleeps (a
         # head after an idle wait, a body after its head, a client that stops reading) is never
@@ -382,6 +384,11 @@ class GatewayHttpToolsProtocol(HttpToolsProtocol):
             self._start_asgi_task(cycle, app)
         elif self._reading == _BETWEEN:
             self._since = self.loop.time()  # idle from now
+        elif self._refused_next is not None:  # a request refused while this one was answered
+            self._write_error(*self._refused_next)
+            self._refused_next = None
+            self._end_of_answers()
+            self._since = self.loop.time()  # the linger starts now
 
     def pause_writing(self) -> None:
         # Only when the transport's buffer is over its high-water mark: never on a request's usual path.
@@ -480,6 +487,12 @@ class GatewayHttpToolsProtocol(HttpToolsProtocol):
         parts += (b"\r\n", body)
         self.transport.write(b"".join(parts))
 
+    def _end_of_answers(self) -> None:
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+        else:
+            self.transport.close()
+
     def send_400_response(self, msg: str) -> None:
         """uvicorn's answer to a request it cannot parse, in OpenAI's error shape (uvicorn's is text/plain)."""
         self._write_error(BadRequest(msg, code="invalid_http_request"))
@@ -492,22 +505,22 @@ class GatewayHttpToolsProtocol(HttpToolsProtocol):
     def _refuse(self, exc: GatewayError | None, reason: str, rid: str | None = None) -> None:
         """Count the refusal, answer `exc` with `connection: close`, and close after a bounded linger.
 
-        With a request still being answered on the connection (an earlier one, pipelined), that
-        answer is the connection's last and nothing else is written; with no `exc` (the request
-        was answered already), the connection is closed at once."""
+        With a request still being answered on the connection (an earlier one, pipelined), `exc`
+        is answered once it is (without `exc`, that answer is the connection's last); with no
+        `exc` and nothing to answer, the connection is closed at once."""
         self.limits.refused(reason)
         busy = self._busy()
         if busy is not None:
-            busy.keep_alive = False
+            if exc is None:
+                busy.keep_alive = False
+            else:
+                self._refused_next = (exc, rid or request_id())
         elif exc is None:
             self.transport.close()
             return
         else:
             self._write_error(exc, rid)
-            if self.transport.can_write_eof():
-                self.transport.write_eof()
-            else:
-                self.transport.close()
+            self._end_of_answers()
         self._reading, self._since, self._linger_left = _LINGER, self.loop.time(), self.limits.max_body_bytes
         self.flow.resume_reading()
         if self._timer is not None:

@@ -392,3 +392,14 @@ def test_an_answer_never_read_is_dropped_after_the_send_timeout(tmp_path: Path) 
         assert gw.client().embeddings.create(model="emb", input="hi").data[0].embedding
     finally:
         gw.stop()
+
+
+def test_an_oversize_request_pipelined_behind_a_call_is_answered_413_after_it(gateway: GatewayInstance) -> None:
+    # It was dropped: the connection closed after the first answer, the 413 never sent.
+    body = orjson.dumps({"model": "demo", "messages": HELLO})
+    call = CHAT + f"authorization: Bearer {gateway.key('acme')}\r\ncontent-length: {len(body)}\r\n\r\n".encode() + body
+    with _connect(gateway) as sock:
+        sock.sendall(call + CHAT + b"content-length: 1000000000\r\n\r\n" + b"x" * 1000 + call)
+        response, closed = _read_until_closed(sock, 4)
+    assert closed and re.findall(rb"HTTP/1\.1 (\d{3}) ", response) == [b"200", b"413"]
+    assert _error_code(response[response.index(b"HTTP/1.1 413"):]) == "request_too_large"

@@ -497,3 +497,21 @@ async def test_a_head_of_exactly_max_head_bytes_is_served_and_one_byte_more_is_4
         protocol.data_received(head)
         await _settle()
         assert _status(transport.written) == status, (method, extra)
+
+
+@pytest.mark.parametrize(("second", "status", "reason"), [
+    (POST + b"content-length: 999999999\r\n\r\nxx", 413, "body_too_large"),
+    (POST + b"".join(b"x-h%d: 1\r\n" % i for i in range(30)) + b"\r\n", 431, "too_many_headers"),
+])
+async def test_a_request_refused_behind_a_pipelined_one_is_answered_after_it(
+        second: bytes, status: int, reason: str) -> None:
+    app = App()
+    protocol, transport, clock = _connection(app)
+    protocol.data_received(POST + b"content-length: 2\r\n\r\n{}" + second)
+    await _settle()
+    first, _, rest = transport.written.partition(b"\r\n\r\n2")
+    assert _status(first) == 200 and b"connection: close" not in first
+    assert _status(rest) == status and transport.eof and app.refused == [reason]
+    assert len(app.calls) == 1
+    clock.advance(LINGER_S)
+    assert transport.closed
