@@ -69,6 +69,10 @@ class ServerSettings(_Model):
     max_headers: int = Field(100, ge=1, le=10_000)
     body_timeout_s: float = Field(20.0, gt=0, le=3600)
     min_body_rate_bytes_s: int = Field(1024, gt=0)
+    # An answer whose client stops reading it (the connection's send buffer stays full) this long
+    # has its connection dropped: it would hold its in-flight slot, its upstream connection and its
+    # reservation for as long as the client liked.
+    send_timeout_s: float = Field(30.0, gt=0, le=3600)
 
 
 class StorageSettings(_Model):

@@ -57,6 +57,7 @@ class IngressMiddleware:
             max_head_bytes=server.max_head_bytes, max_headers=server.max_headers,
             head_timeout_s=server.head_timeout_s, body_timeout_s=server.body_timeout_s,
             min_body_rate_bytes_s=server.min_body_rate_bytes_s, max_body_bytes=server.max_body_bytes,
+            send_timeout_s=server.send_timeout_s,
             refused=lambda reason: rejected.labels(reason).inc())
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

@@ -15,10 +15,13 @@ to uvicorn's own code unchanged, which also raises its errors.
 What reading a request may cost is bounded here, before the app (and so before auth or any
 in-flight slot) sees it: a head must arrive within `head_timeout_s` in at most `max_head_bytes`
 and `max_headers` headers (else 408 or 431), a declared body over `max_body_bytes` is answered 413
-at once, and a body must keep a minimum rate (else 408). Each refusal is answered in OpenAI's error
-shape with `connection: close`, counted, and followed by a bounded lingering close: what the client
-still sends is read and dropped for at most LINGER_S (and `max_body_bytes`), so that the answer is
-not lost to a reset, then the connection is closed.
+at once, and a body must keep a minimum rate (else 408). Each refusal is answered in OpenAI's
+error shape with `connection: close`, counted, and followed by a bounded lingering close: what
+the client still sends is read and dropped for at most LINGER_S (and `max_body_bytes`), so that
+the answer is not lost to a reset, then the connection is closed. At most MAX_PIPELINED requests
+may wait behind the one being answered: what a client pipelines past that is dropped, and the
+connection closed once the queued ones are answered. An answer its client does not read for
+`send_timeout_s` (the transport's buffer staying full) has its connection aborted.
 
 One timer per connection, armed when it opens and re-armed only when it fires, watches all of it,
 including the keep-alive idle timeout uvicorn would arm and cancel as a new timer per request. A
@@ -40,7 +43,14 @@ from uvicorn._types import ASGISendEvent
 from uvicorn.protocols.http.flow_control import HIGH_WATER_LIMIT
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol, RequestResponseCycle
 
-from gateway.errors import GatewayError, HeaderFieldsTooLarge, PayloadTooLarge, RequestTimeout, error_response_parts
+from gateway.errors import (
+    BadRequest,
+    GatewayError,
+    HeaderFieldsTooLarge,
+    PayloadTooLarge,
+    RequestTimeout,
+    error_response_parts,
+)
 from gateway.ids import request_id
 
 _HEAD_START = b"HTTP/"
@@ -167,8 +177,12 @@ class ConnectionLimits:
     body_timeout_s: float = 20.0
     min_body_rate_bytes_s: int = 1024
     max_body_bytes: int = 1_048_576
+    # How long an answer may wait for its client to read it (the transport's buffer full) before the
+    # connection is dropped: a client that never reads would otherwise hold its slot, its upstream
+    # connection and its reservation for as long as it likes.
+    send_timeout_s: float = 30.0
     # Counts a refusal by reason: head_timeout, body_timeout, head_too_large, too_many_headers, body_too_large,
-    # trailers_too_large.
+    # trailers_too_large, too_many_pipelined, send_timeout.
     refused: Callable[[str], None] = _uncounted
 
 
@@ -182,6 +196,12 @@ CALL_KEY = "gateway.call"
 LINGER_S = 2.0
 # An answered request's unread body is dropped (keeping the connection) up to this many times max_body_bytes.
 _DROP_AT_MOST = 16
+# Requests a connection may have waiting behind the one being answered (HTTP/1.1 pipelining). uvicorn
+# queues every request parsed from what was read, and one read of 256 KiB holds thousands of tiny
+# ones, each ~1.4 KB of cycle and scope: 200 KB of `GET /healthz` was 8 MB of memory, 100 such
+# connections 840 MB, growing while their answers went unread. Past this, the requests already
+# queued are answered, the last of them with `connection: close`, and the rest is dropped.
+MAX_PIPELINED = 32
 # What the connection is reading: a head, a body, nothing (between requests), or nothing more (refused).
 _HEAD, _BODY, _BETWEEN, _LINGER = 0, 1, 2, 3
 
@@ -217,10 +237,14 @@ class GatewayHttpToolsProtocol(HttpToolsProtocol):
         self._body_bytes = 0
         self._linger_left = 0
         self._content_length: bytes | None = None
+        self._write_paused_at = 0.0  # when the client last stopped taking what is written to it
+        # The answer to a request refused while an earlier one (pipelined) was still being answered.
+        self._refused_next: tuple[GatewayError, str] | None = None
         self._timer: asyncio.TimerHandle | None = None
         # The timer never sleeps longer than this, so a deadline that starts while it sleeps (a
-        # head after an idle wait, a body after its head) is never passed unseen.
-        self._max_sleep = min(self.limits.head_timeout_s, self.limits.body_timeout_s)
+        # head after an idle wait, a body after its head, a client that stops reading) is never
+        # passed by more than this.
+        self._max_sleep = min(self.limits.head_timeout_s, self.limits.body_timeout_s, self.limits.send_timeout_s)
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(_HeadJoiningTransport(transport, self.loop))  # type: ignore[arg-type]
@@ -314,6 +338,8 @@ class GatewayHttpToolsProtocol(HttpToolsProtocol):
 
     def on_headers_complete(self) -> None:
         limits = self.limits
+        if self.pipeline and len(self.pipeline) >= MAX_PIPELINED:
+            self._refuse_in_parser(None, "too_many_pipelined")
         if len(self.headers) > limits.max_headers:
             self._refuse_in_parser(HeaderFieldsTooLarge(
                 f"The request has more than {limits.max_headers} headers."), "too_many_headers")
@@ -358,12 +384,28 @@ class GatewayHttpToolsProtocol(HttpToolsProtocol):
             self._start_asgi_task(cycle, app)
         elif self._reading == _BETWEEN:
             self._since = self.loop.time()  # idle from now
+        elif self._refused_next is not None:  # a request refused while this one was answered
+            self._write_error(*self._refused_next)
+            self._refused_next = None
+            self._end_of_answers()
+            self._since = self.loop.time()  # the linger starts now
+
+    def pause_writing(self) -> None:
+        # Only when the transport's buffer is over its high-water mark: never on a request's usual path.
+        super().pause_writing()
+        self._write_paused_at = self.loop.time()
 
     # -- the timer ------------------------------------------------------------------------------
     def _check(self) -> None:
         self._timer = None
         now = self.loop.time()
         limits, reading = self.limits, self._reading
+        if self.flow.write_paused and now - self._write_paused_at >= limits.send_timeout_s:
+            # The client has not read its answer for send_timeout_s: what is buffered for it will
+            # not be flushed, so the connection is aborted, not closed; the app sees it gone.
+            limits.refused("send_timeout")
+            self.transport.abort()  # type: ignore[attr-defined]
+            return
         if reading == _HEAD:
             due = self._since + limits.head_timeout_s
             if now >= due:
@@ -392,8 +434,11 @@ class GatewayHttpToolsProtocol(HttpToolsProtocol):
             if self._busy() is None:
                 due = self._since + self.timeout_keep_alive
                 if now >= due:
-                    self.transport.close()
-                    return
+                    if not self.flow.write_paused:
+                        self.transport.close()
+                        return
+                    # A close would wait for the unread answer to flush: the send timeout ends it.
+                    due = self._write_paused_at + limits.send_timeout_s
             else:  # a request is being answered: its own deadlines bound it
                 due = now + self.timeout_keep_alive
         else:
@@ -427,38 +472,55 @@ class GatewayHttpToolsProtocol(HttpToolsProtocol):
         return cycle if cycle is not None and not cycle.response_complete and not cycle.disconnected else None
 
     def _head_size(self) -> int:
-        """The head's size as sent: request line and headers (only for a head that may be over the limit)."""
-        return len(self.url) + 16 + sum(len(name) + len(value) + 4 for name, value in self.headers)
+        """The head's size as sent, request line, headers and the blank line, when written with one space
+        after each colon (only for a head that may be over the limit)."""
+        return (len(self.parser.get_method()) + len(self.url) + 14  # "M url HTTP/1.1\r\n" and the last "\r\n"
+                + sum(len(name) + len(value) + 4 for name, value in self.headers))
 
-    def _refuse_in_parser(self, exc: GatewayError, reason: str) -> None:
+    def _write_error(self, exc: GatewayError, rid: str | None = None) -> None:
+        """Answer `exc` in OpenAI's error shape with `connection: close` (the connection's last answer)."""
+        status, body, headers = error_response_parts(exc, rid or request_id())
+        parts = [STATUS_LINE[status]]
+        for name, value in (*self.server_state.default_headers, *headers,
+                            (b"content-length", b"%d" % len(body)), (b"connection", b"close")):
+            parts += (name, b": ", value, b"\r\n")
+        parts += (b"\r\n", body)
+        self.transport.write(b"".join(parts))
+
+    def _end_of_answers(self) -> None:
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+        else:
+            self.transport.close()
+
+    def send_400_response(self, msg: str) -> None:
+        """uvicorn's answer to a request it cannot parse, in OpenAI's error shape (uvicorn's is text/plain)."""
+        self._write_error(BadRequest(msg, code="invalid_http_request"))
+        self.transport.close()
+
+    def _refuse_in_parser(self, exc: GatewayError | None, reason: str) -> None:
         self._refuse(exc, reason)
         raise _Refused  # stops the parser; data_received knows it
 
     def _refuse(self, exc: GatewayError | None, reason: str, rid: str | None = None) -> None:
         """Count the refusal, answer `exc` with `connection: close`, and close after a bounded linger.
 
-        With a request still being answered on the connection (an earlier one, pipelined), that
-        answer is the connection's last and nothing else is written; with no `exc` (the request
-        was answered already), the connection is closed at once."""
+        With a request still being answered on the connection (an earlier one, pipelined), `exc`
+        is answered once it is (without `exc`, that answer is the connection's last); with no
+        `exc` and nothing to answer, the connection is closed at once."""
         self.limits.refused(reason)
         busy = self._busy()
         if busy is not None:
-            busy.keep_alive = False
+            if exc is None:
+                busy.keep_alive = False
+            else:
+                self._refused_next = (exc, rid or request_id())
         elif exc is None:
             self.transport.close()
             return
         else:
-            status, body, headers = error_response_parts(exc, rid or request_id())
-            parts = [STATUS_LINE[status]]
-            for name, value in (*self.server_state.default_headers, *headers,
-                                (b"content-length", b"%d" % len(body)), (b"connection", b"close")):
-                parts += (name, b": ", value, b"\r\n")
-            parts += (b"\r\n", body)
-            self.transport.write(b"".join(parts))
-            if self.transport.can_write_eof():
-                self.transport.write_eof()
-            else:
-                self.transport.close()
+            self._write_error(exc, rid)
+            self._end_of_answers()
         self._reading, self._since, self._linger_left = _LINGER, self.loop.time(), self.limits.max_body_bytes
         self.flow.resume_reading()
         if self._timer is not None:

@@ -20,7 +20,6 @@ from gateway.errors import (
     UpstreamRejected,
     UpstreamTimeout,
     UpstreamUnavailable,
-    bounded,
     dumps_forwarded,
     scrub,
     scrub_error,
@@ -28,11 +27,17 @@ from gateway.errors import (
 )
 from gateway.providers.base import ChatResult, ChatStream, Dialect, EmbeddingsResult, Provider, StreamTranslator
 from gateway.providers.transport import Origin, Response, TransportError
+from gateway.resilience.backoff import parse_retry_after, retry_after_headers
 from gateway.settings import ProviderSettings
 
 _NOT_RETRYABLE = {400, 404, 413, 422}
-# A retry-after is seconds or an HTTP date (29 characters); a longer one is not passed on whole.
-_RETRY_AFTER_CHARS = 32
+# Of an error answer only this much is read (its message is shown at most 1,024 characters, and
+# scrubbed from at most twice that): a longer one is not buffered (up to the 64 MiB of an answer,
+# a 20 MB error body took 56 MB), its connection is closed and its message is not known.
+MAX_ERROR_BODY_BYTES = 1024 * 1024
+# The longest line a provider's event stream may send (one event's data: a whole answer in one event
+# is far less); a longer one is a bad answer, not something to keep buffering.
+MAX_EVENT_LINE_BYTES = 8 * 1024 * 1024
 
 
 class HttpProvider(Provider):
@@ -78,7 +83,7 @@ class HttpProvider(Provider):
         try:
             resp = await self.origin.request("POST", url, payload,
                                              deadline=asyncio.get_running_loop().time() + timeout_s)
-            raw = await resp.read()
+            raw = await resp.read() if resp.status < 400 else await resp.read(MAX_ERROR_BODY_BYTES)
         except (TimeoutError, TransportError) as e:
             raise self._mapped(e, f"did not answer within {timeout_s:g}s", "is unreachable") from None
         if resp.status >= 400:
@@ -95,7 +100,7 @@ class HttpProvider(Provider):
             resp = await self.origin.request("POST", url, payload,
                                              deadline=asyncio.get_running_loop().time() + timeout_s)
             if resp.status >= 400:
-                raw = await resp.read()
+                raw = await resp.read(MAX_ERROR_BODY_BYTES)
             else:
                 resp.clear_deadline()
         if resp.status >= 400:
@@ -113,12 +118,28 @@ class HttpProvider(Provider):
         event: str | None = None
         data: list[bytes] = []
         complete = False
-        pending = b""
+        # An incomplete last line waits for the next chunk, kept in the pieces it came in: joining
+        # them chunk by chunk copied a long line again for every chunk (a 64 MB line held the event
+        # loop for seconds and took 350 MB), and its length is bounded.
+        pending: list[bytes] = []
+        pending_bytes = 0
         try:
             with self._mapped_errors("stalled mid-stream", "broke the stream"):
                 async for chunk in resp.iter_chunks(idle_timeout_s):
-                    lines = (pending + chunk).split(b"\n") if pending else chunk.split(b"\n")
-                    pending = lines.pop()  # an incomplete last line waits for the next chunk
+                    if b"\n" not in chunk:
+                        pending.append(chunk)
+                        pending_bytes += len(chunk)
+                        lines = []
+                    else:
+                        if pending:
+                            pending.append(chunk)
+                            chunk = b"".join(pending)
+                        lines = chunk.split(b"\n")
+                        last = lines.pop()
+                        pending, pending_bytes = ([last], len(last)) if last else ([], 0)
+                    if pending_bytes > MAX_EVENT_LINE_BYTES:
+                        raise UpstreamBadResponse(
+                            f"provider '{self.name}' sent a stream line over {MAX_EVENT_LINE_BYTES} bytes")
                     for raw_line in lines:
                         line = raw_line.rstrip(b"\r")
                         if line:
@@ -131,7 +152,7 @@ class HttpProvider(Provider):
                             for out in translator.feed(event, b"\n".join(data)):
                                 yield out
                         event, data = None, []
-                line = pending.rstrip(b"\r")
+                line = b"".join(pending).rstrip(b"\r")
                 if line.startswith(b"data:"):
                     data.append(line[6:] if line[5:6] == b" " else line[5:])
                 if data:
@@ -178,11 +199,11 @@ class HttpProvider(Provider):
             # provider's text (which may quote the key) is not passed on.
             raise UpstreamAuthFailed(f"provider '{self.name}' rejected the gateway's credentials")
         if status == 429:
-            out = {}
-            if retry_after := headers.get("retry-after"):
-                out["retry-after"] = bounded(retry_after, _RETRY_AFTER_CHARS)
-            if retry_after_ms := headers.get("retry-after-ms"):
-                out["retry-after-ms"] = bounded(retry_after_ms, _RETRY_AFTER_CHARS)
+            # The wait the provider asks for, said as the gateway's own 429s say it (whole seconds and
+            # milliseconds, capped at a year): its header values are not passed on as they came, so
+            # nothing but a number (never a quoted key, never 20 digits) reaches the client.
+            delay = parse_retry_after(headers)
+            out = retry_after_headers(delay) if delay is not None else {}
             raise UpstreamRateLimited(f"provider '{self.name}' is rate limiting: {message}", headers=out)
         if status in _NOT_RETRYABLE:
             raise UpstreamRejected(message, status=status, param=param, code=code)

@@ -214,13 +214,20 @@ class Response:
     def headers(self) -> Mapping[str, str]:
         return {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in self.raw_headers}
 
-    async def read(self) -> bytes:
+    async def read(self, limit: int = MAX_BODY_BYTES) -> bytes:
+        """The whole body; one larger than `limit` (as sent) is not read on: the connection is
+        closed and the body is empty."""
         conn = self._conn
         parts: list[bytes] = []
+        size = 0
         try:
             while True:
                 if conn.chunks:
                     parts.append(conn.take_chunks())  # also resumes a socket paused at the high-water mark
+                    size += len(parts[-1])
+                    if size > limit:
+                        self.close()
+                        return b""
                 if conn.complete:
                     break
                 await conn.wait()

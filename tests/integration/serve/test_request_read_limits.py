@@ -8,6 +8,7 @@ by byte, or a body slower than `min_body_rate_bytes_s`, is answered 408 and clos
 
 from __future__ import annotations
 
+import contextlib
 import re
 import select
 import socket
@@ -317,3 +318,88 @@ def test_every_worker_enforces_the_limits(tmp_path: Path) -> None:
             assert _status(response) == 413
     finally:
         gw.stop()
+
+
+def test_pipelined_requests_that_are_never_read_do_not_grow_the_process(gateway: GatewayInstance) -> None:
+    # 200 KB of `GET /healthz` pipelined on each of 20 connections whose answers are never read:
+    # uvicorn queued every one (thousands a connection, 168 MB in all); past MAX_PIPELINED
+    # waiting requests the rest is dropped.
+    get = b"GET /healthz HTTP/1.1\r\nhost: gw\r\n\r\n"
+    before = _rss_kb(gateway.process.proc.pid)
+    socks = []
+    with _Counted(gateway) as counted:
+        try:
+            for _ in range(20):
+                sock = _connect(gateway)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+                sock.sendall(get * (200_000 // len(get)))
+                socks.append(sock)
+            time.sleep(1.0)
+            grown_kb = _rss_kb(gateway.process.proc.pid) - before
+            assert httpx.get(gateway.url + "/healthz", timeout=5).status_code == 200
+        finally:
+            for sock in socks:
+                sock.close()
+    assert grown_kb < 10_000, grown_kb
+    assert counted.grown.get("too_many_pipelined") == 20
+
+
+@pytest.mark.parametrize("request_bytes", [
+    CHAT + b"content-length: 2\r\ncontent-length: 3\r\n\r\n{}",  # conflicting lengths (smuggling)
+    CHAT + b"content-length: 2\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n",
+    b"GET /healthz HTTP/1.1\r\nhost: gw\r\nbad header\r\n\r\n",
+])
+def test_an_unparsable_request_is_400_in_openais_error_shape(gateway: GatewayInstance, request_bytes: bytes) -> None:
+    with _connect(gateway) as sock:
+        sock.sendall(request_bytes)
+        response, closed = _read_until_closed(sock, 2)
+    assert closed and _status(response) == 400, response
+    assert _error_code(response) == "invalid_http_request"
+
+
+def test_an_answer_never_read_is_dropped_after_the_send_timeout(tmp_path: Path) -> None:
+    # A ~16 MB answer whose client never reads it: the transport kept it, and the connection,
+    # for as long as the client stayed (a stream's upstream connection and reservation too).
+    gw = start_gateway(tmp_path, providers={"mock": {"kind": "mock", "mock_embedding_dims": 4096}},
+                       routes={"emb": {"targets": [{"provider": "mock", "model": "mock-emb"}]}},
+                       tenants={"acme": {}}, server={"send_timeout_s": 1})
+    fds = Path(f"/proc/{gw.process.proc.pid}/fd")
+
+    def sockets() -> int:
+        count = 0
+        for fd in fds.iterdir():
+            with contextlib.suppress(FileNotFoundError):  # closed since it was listed
+                count += fd.readlink().name.startswith("socket:")
+        return count
+    try:
+        with gw.client() as client:  # a call first: the gateway opens what a call opens
+            assert client.embeddings.create(model="emb", input="hi").data[0].embedding
+        time.sleep(0.2)
+        baseline = sockets()
+        body = orjson.dumps({"model": "emb", "input": [f"text {i}" for i in range(200)]})
+        with _Counted(gw) as counted, _connect(gw) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.sendall(b"POST /v1/embeddings HTTP/1.1\r\nhost: gw\r\ncontent-type: application/json\r\n"
+                         + f"authorization: Bearer {gw.key('acme')}\r\ncontent-length: {len(body)}\r\n\r\n".encode()
+                         + body)
+            assert sock.recv(12) == b"HTTP/1.1 200"
+            started = time.monotonic()
+            while time.monotonic() - started < 5 and sockets() > baseline:
+                time.sleep(0.05)
+            # The gateway let go of the connection (the kernel still owns what it could not send).
+            assert 1 <= time.monotonic() - started < 3 and sockets() == baseline
+        assert counted.grown == {"send_timeout": 1}
+        assert gw.client().embeddings.create(model="emb", input="hi").data[0].embedding
+    finally:
+        gw.stop()
+
+
+def test_an_oversize_request_pipelined_behind_a_call_is_answered_413_after_it(gateway: GatewayInstance) -> None:
+    # It was dropped: the connection closed after the first answer, the 413 never sent.
+    body = orjson.dumps({"model": "demo", "messages": HELLO})
+    call = CHAT + f"authorization: Bearer {gateway.key('acme')}\r\ncontent-length: {len(body)}\r\n\r\n".encode() + body
+    with _connect(gateway) as sock:
+        sock.sendall(call + CHAT + b"content-length: 1000000000\r\n\r\n" + b"x" * 1000 + call)
+        response, closed = _read_until_closed(sock, 4)
+    assert closed and re.findall(rb"HTTP/1\.1 (\d{3}) ", response) == [b"200", b"413"]
+    assert _error_code(response[response.index(b"HTTP/1.1 413"):]) == "request_too_large"

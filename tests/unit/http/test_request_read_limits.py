@@ -12,7 +12,13 @@ import pytest
 from uvicorn.config import Config
 from uvicorn.server import ServerState
 
-from gateway.http.server_protocol import LINGER_S, READ_REFUSED, ConnectionLimits, GatewayHttpToolsProtocol
+from gateway.http.server_protocol import (
+    LINGER_S,
+    MAX_PIPELINED,
+    READ_REFUSED,
+    ConnectionLimits,
+    GatewayHttpToolsProtocol,
+)
 
 LIMITS = dict(max_head_bytes=4096, max_headers=20, head_timeout_s=10.0, body_timeout_s=20.0,
               min_body_rate_bytes_s=1000, max_body_bytes=100_000)
@@ -417,3 +423,95 @@ async def test_a_body_is_not_due_while_reading_is_paused() -> None:
     protocol.data_received(body[80_000:])
     await _settle()
     assert _status(transport.written) == 200 and transport.written.endswith(b"99000") and app.refused == []
+
+
+async def test_pipelined_requests_past_the_bound_are_dropped_not_queued() -> None:
+    # 200 KB of tiny pipelined requests in one read was thousands of queued cycles (8 MB a connection).
+    app = App()
+    protocol, transport, _ = _connection(app)
+    get = b"GET /healthz HTTP/1.1\r\nhost: gw\r\n\r\n"
+    protocol.data_received(get * 5000)
+    assert len(protocol.pipeline) == MAX_PIPELINED and app.refused == ["too_many_pipelined"]
+    protocol.data_received(get * 100)  # what comes after is dropped, not parsed
+    assert len(protocol.pipeline) == MAX_PIPELINED
+    for _ in range(MAX_PIPELINED + 5):
+        await _settle()
+    # Each queued request is answered; the last answer closes the connection.
+    assert transport.written.count(b"HTTP/1.1 200 ") == MAX_PIPELINED + 1 and transport.closed
+
+
+async def test_pipelined_requests_within_the_bound_are_all_answered() -> None:
+    app = App()
+    protocol, transport, _ = _connection(app)
+    protocol.data_received((POST + b"content-length: 2\r\n\r\n{}") * (MAX_PIPELINED + 1))
+    for _ in range(MAX_PIPELINED + 5):
+        await _settle()
+    assert transport.written.count(b"HTTP/1.1 200 ") == MAX_PIPELINED + 1
+    assert app.refused == [] and not transport.closed
+
+
+@pytest.mark.parametrize("request_bytes", [
+    b"GET / HTTP/1.1\r\ncontent-length: x\r\n\r\n",
+    POST + b"content-length: 5\r\ncontent-length: 6\r\n\r\nhello!",
+    POST + b"content-length: 5\r\ntransfer-encoding: chunked\r\n\r\n0\r\n\r\n",
+    b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03",  # TLS to the plain-text port
+])
+async def test_an_unparsable_request_is_400_in_openais_error_shape(request_bytes: bytes) -> None:
+    app = App()
+    protocol, transport, _ = _connection(app)
+    protocol.data_received(request_bytes)
+    head, _, body = transport.written.partition(b"\r\n\r\n")
+    assert _status(transport.written) == 400 and transport.closed and app.calls == []
+    assert b"\r\ncontent-type: application/json\r\n" in head and b"\r\nconnection: close" in head
+    assert orjson.loads(body) == {"error": {"message": "Invalid HTTP request received.",
+                                            "type": "invalid_request_error", "param": None,
+                                            "code": "invalid_http_request"}}
+
+
+async def test_an_answer_its_client_does_not_read_is_aborted_after_the_send_timeout() -> None:
+    app = App(send_timeout_s=30.0)
+    protocol, transport, clock = _connection(app)
+    aborted: list[bool] = []
+    transport.abort = lambda: aborted.append(True)  # type: ignore[attr-defined]
+    protocol.data_received(POST + b"content-length: 2\r\n\r\n{}")
+    await _settle()
+    protocol.pause_writing()  # the client stopped reading: the transport's buffer is full
+    clock.advance(25)
+    protocol.resume_writing()  # it read some: the wait starts again
+    clock.advance(25)
+    protocol.pause_writing()
+    clock.advance(25)
+    assert not aborted and app.refused == []
+    clock.advance(15)  # 30 s without reading, plus the timer's granularity (at most head_timeout_s)
+    assert aborted == [True] and app.refused == ["send_timeout"]
+
+
+@pytest.mark.parametrize("method", [b"GET", b"POST", b"OPTIONS"])
+async def test_a_head_of_exactly_max_head_bytes_is_served_and_one_byte_more_is_431(method: bytes) -> None:
+    for extra, status in ((0, 200), (1, 431)):
+        app = App()
+        protocol, transport, _ = _connection(app)
+        start = method + b" /v1/models HTTP/1.1\r\nhost: gw\r\nx-pad: "
+        head = start + b"a" * (LIMITS["max_head_bytes"] - len(start) - 4 + extra) + b"\r\n\r\n"  # type: ignore[operator]
+        assert len(head) == LIMITS["max_head_bytes"] + extra
+        protocol.data_received(head)
+        await _settle()
+        assert _status(transport.written) == status, (method, extra)
+
+
+@pytest.mark.parametrize(("second", "status", "reason"), [
+    (POST + b"content-length: 999999999\r\n\r\nxx", 413, "body_too_large"),
+    (POST + b"".join(b"x-h%d: 1\r\n" % i for i in range(30)) + b"\r\n", 431, "too_many_headers"),
+])
+async def test_a_request_refused_behind_a_pipelined_one_is_answered_after_it(
+        second: bytes, status: int, reason: str) -> None:
+    app = App()
+    protocol, transport, clock = _connection(app)
+    protocol.data_received(POST + b"content-length: 2\r\n\r\n{}" + second)
+    await _settle()
+    first, _, rest = transport.written.partition(b"\r\n\r\n2")
+    assert _status(first) == 200 and b"connection: close" not in first
+    assert _status(rest) == status and transport.eof and app.refused == [reason]
+    assert len(app.calls) == 1
+    clock.advance(LINGER_S)
+    assert transport.closed

@@ -1,11 +1,15 @@
 from __future__ import annotations
 
+import time
+from collections.abc import AsyncIterator
+
 import orjson
 import pytest
 
-from gateway.errors import UpstreamBadResponse, UpstreamError
+from gateway.errors import UpstreamBadResponse, UpstreamError, UpstreamRateLimited
 from gateway.providers.azure_openai import AzureOpenAIDialect
 from gateway.providers.base import served_model_name
+from gateway.providers.http import MAX_EVENT_LINE_BYTES, HttpProvider
 from gateway.providers.openai import OpenAIDialect, OpenAIStreamTranslator
 from gateway.settings import ProviderSettings
 
@@ -114,3 +118,67 @@ def test_served_model_names_are_scrubbed_and_bounded() -> None:
     assert served_model_name(None) is None and served_model_name({"a": 1}) is None
     long = served_model_name("gpt-sk-abcdefghijklmnop " + "m " * 100_000)
     assert long is not None and "sk-abc" not in long and len(long) < 300
+
+
+@pytest.mark.parametrize(("headers", "expected"), [
+    ({"retry-after": "7"}, {"retry-after": "7", "retry-after-ms": "7000"}),
+    ({"retry-after-ms": "1500", "retry-after": "2"}, {"retry-after": "2", "retry-after-ms": "1500"}),
+    ({"retry-after": "sk-x"}, {}),  # the provider's own key, quoted where a number belongs
+    ({"retry-after": "Bearer sk-proj-0123456789abcdef"}, {}),
+    ({"retry-after": "9" * 20}, {"retry-after": str(365 * 86400), "retry-after-ms": str(365 * 86400_000)}),
+    ({"retry-after-ms": "nan", "retry-after": "-1"}, {}),
+    ({}, {}),
+])
+def test_a_providers_retry_after_reaches_the_client_only_as_a_bounded_number(
+        headers: dict[str, str], expected: dict[str, str]) -> None:
+    provider = HttpProvider("up", OPENAI, OpenAIDialect())
+    with pytest.raises(UpstreamRateLimited) as info:
+        provider._raise_for(429, b'{"error": {"message": "slow down"}}', headers)
+    assert info.value.headers == expected
+
+
+class _Chunks:
+    """A provider's streamed answer, as the transport hands it over: these chunks, then the end."""
+
+    def __init__(self, chunks: list[bytes]) -> None:
+        self.chunks = chunks
+        self.closed = self.released = False
+
+    async def iter_chunks(self, idle_timeout_s: float | None) -> AsyncIterator[bytes]:
+        for chunk in self.chunks:
+            yield chunk
+
+    def close(self) -> None:
+        self.closed = True
+
+    def release(self) -> None:
+        self.released = True
+
+
+async def _relayed(chunks: list[bytes]) -> tuple[list[bytes], _Chunks]:
+    provider = HttpProvider("up", OPENAI, OpenAIDialect())
+    resp = _Chunks(chunks)
+    translator = OpenAIDialect().stream_translator("gpt-4o-mini", False)
+    out = [piece async for piece in provider._relay(resp, translator, 5.0)]  # type: ignore[arg-type]
+    return out, resp
+
+
+async def test_stream_lines_split_over_chunks_are_joined() -> None:
+    events = b"".join(b"data: " + _chunk(choices=[{"index": 0, "delta": {"content": "ab" * 50}}]) + b"\r\n\r\n"
+                      for _ in range(20))
+    events += b"data: " + _chunk(choices=[{"index": 0, "delta": {}, "finish_reason": "stop"}]) + b"\n\ndata: [DONE]\n\n"
+    for size in (1, 7, 100, len(events)):
+        out, resp = await _relayed([events[i:i + size] for i in range(0, len(events), size)])
+        assert len(out) == 21 and resp.released, size
+
+
+async def test_a_stream_line_past_the_bound_is_a_bad_answer_not_a_buffer() -> None:
+    # One line of 64 MB in 64 KB chunks was joined chunk by chunk: seconds of the event loop, 350 MB.
+    piece = b"A" * 65536
+    chunks = [b"data: ", *[piece] * (MAX_EVENT_LINE_BYTES // len(piece) + 1)]
+    started = time.monotonic()
+    with pytest.raises(UpstreamBadResponse, match="line over"):
+        await _relayed(chunks)
+    assert time.monotonic() - started < 1.0
+    with pytest.raises(UpstreamBadResponse, match="line over"):  # a long line after a newline, in one chunk
+        await _relayed([b": comment\n" + b"B" * (MAX_EVENT_LINE_BYTES + 1)])
