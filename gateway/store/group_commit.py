@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import queue
 import threading
 import time
 from collections import deque
@@ -96,12 +97,17 @@ class GroupCommit:
         queue = self.queue
         if not queue:
             return
-        rows: list[str] = []
-        size = 0
-        while queue and size < SLICE_CHARS:
-            row = queue.popleft()
-            rows.append(row)
-            size += len(row)
+        rows: list[str]
+        if sum(map(len, queue)) <= SLICE_CHARS:  # the usual commit: all of it, without a loop per row
+            rows = list(queue)
+            queue.clear()
+        else:
+            rows = []
+            size = 0
+            while queue and size < SLICE_CHARS:
+                row = queue.popleft()
+                rows.append(row)
+                size += len(row)
         segment: Segment | None = None
         try:
             segment = self._journal.write(rows)
@@ -129,34 +135,38 @@ class GroupCommit:
 
 
 class _Syncer:
-    """The thread that fsyncs what the group commit wrote, off the event loop."""
+    """The thread that fsyncs what the group commit wrote, off the event loop.
+
+    Requests come through a SimpleQueue rather than a threading.Event: its put() and get() are C
+    calls, where an Event's set() and wait() run its Condition's Python code with the GIL held (on
+    the loop for every commit, and on this thread each time it wakes behind a busy loop)."""
 
     def __init__(self, journal: Journal) -> None:
         self._journal = journal
-        self._event = threading.Event()
-        self._stopping = False
+        self._requests: queue.SimpleQueue[bool] = queue.SimpleQueue()  # True: the last one
         self._thread = threading.Thread(target=self._run, name="gateway-journal-sync", daemon=True)
 
     def start(self) -> None:
         self._thread.start()
 
     def request(self) -> None:
-        self._event.set()  # uncontended: takes no GIL round trip on the loop
+        self._requests.put(False)
 
     def stop(self) -> None:
         """A last fsync, then the thread ends (blocking: call off the loop)."""
-        self._stopping = True
-        self._event.set()
         if self._thread.is_alive():
+            self._requests.put(True)
             self._thread.join()
         else:
             self._journal.sync_written()
 
     def _run(self) -> None:
+        requests = self._requests
         while True:
-            self._event.wait()
-            self._event.clear()
-            stopping = self._stopping  # read first: a stop after this sets the event again
+            stopping = requests.get()
+            # Requests that came meanwhile are covered by this fsync: it takes all that is written.
+            while not requests.empty():
+                stopping = requests.get() or stopping
             try:
                 self._journal.sync_written()
             except OSError as e:  # the rows are in the page cache already; the next fsync retries
