@@ -48,6 +48,11 @@ _log = logging.getLogger("gateway.limits")
 _MIN_REFRESH_EVERY_S = 0.05
 
 
+# Attempts that failed in a way the provider may still bill whole: it had the request and was
+# working on it when the gateway stopped waiting (Attempt.error names).
+BILLED_FAILURES = ("UpstreamTimeout",)
+
+
 class InsufficientQuota(RateLimited):
     type, code = "insufficient_quota", "insufficient_quota"
 
@@ -68,6 +73,9 @@ class Hold:
     completion_tokens: int
     usd_picousd: int
     done: bool = False
+    # Earlier attempts' reservations, spent: each timed out while its provider worked (it may have
+    # billed them whole), and the next attempt reserved anew (`Limits.again`).
+    sunk: tuple[Hold, ...] = ()
 
 
 def _lane_headers(plan: GroupPlan, left: list[int], now: float) -> list[tuple[bytes, bytes]]:
@@ -241,14 +249,18 @@ class Limits:
         hold.done = True
         self._live.pop(hold, None)
         counted, usd, writes = self.settled(hold, usage, provider, model)
+        tokens = counted.prompt_tokens + counted.completion_tokens
         if call is not None:
             call.usage, call.cost_picousd, call.cache_write_picousd, call.settled = counted, usd, writes, True
-        tokens = counted.prompt_tokens + counted.completion_tokens
+        if hold.sunk:  # the call also spent what earlier attempts reserved (the counters get that apart)
+            total, total_usd = self._sink(hold, counted, usd)
+            if call is not None:
+                call.usage, call.cost_picousd = total, total_usd
         if self._local is not None:
             for group_plan, held in hold.held:
                 self._local.settle_held(held, group_plan.spent(tokens, usd))
         else:
-            await asyncio.shield(self._settle(hold, tokens, usd))
+            await asyncio.shield(self._settle_all(hold, tokens, usd) if hold.sunk else self._settle(hold, tokens, usd))
 
     def settled(self, hold: Hold, usage: Usage | None, provider: str | None, model: str | None
                 ) -> tuple[Usage, int, int]:
@@ -270,6 +282,101 @@ class Limits:
             except StateUnavailable:
                 self.metrics.state_errors.labels("settle").inc()
                 _log.error("state store unreachable at settlement; the reservation will expire")
+
+    def _sink(self, hold: Hold, counted: Usage, usd: int) -> tuple[Usage, int]:
+        """The sunk reservations as spent: `counted` and `usd` with them added (not reported: no provider
+        said what the timed-out attempts cost). The memory store's counters are settled here; a
+        networked store's by `_settle_all`."""
+        prompt, completion = counted.prompt_tokens, counted.completion_tokens
+        for sunk in hold.sunk:
+            sunk.done = True
+            prompt += sunk.prompt_tokens
+            completion += sunk.completion_tokens
+            usd += sunk.usd_picousd
+            if self._local is not None:
+                tokens = sunk.prompt_tokens + sunk.completion_tokens
+                for group_plan, held in sunk.held:
+                    self._local.settle_held(held, group_plan.spent(tokens, sunk.usd_picousd))
+        return Usage(prompt, completion, counted.cached_tokens, counted.cache_write_tokens,
+                     counted.cache_write_1h_tokens, reported=False), usd
+
+    async def _settle_all(self, hold: Hold, tokens: int, usd: int) -> None:
+        """A networked store: each sunk reservation settled as spent, and the hold at (tokens, usd)."""
+        for sunk in hold.sunk:
+            await self._settle(sunk, sunk.prompt_tokens + sunk.completion_tokens, sunk.usd_picousd)
+        await self._settle(hold, tokens, usd)
+
+    async def again(self, hold: Hold | None) -> bool:
+        """The attempt in progress timed out while its provider worked: the provider may bill it whole,
+        so its reservation stands as spent, and a further attempt needs a reservation of its own.
+        Returns False when that does not fit (or the store cannot be reached): no further attempt.
+
+        The sunk reservations are settled with the hold (`settle`, or `fail` when no attempt answered)."""
+        if hold is None or hold.done:
+            return True  # nothing reserved: nothing to protect
+        sunk = Hold(hold.reservation_id, hold.groups, hold.held, hold.prompt_tokens, hold.completion_tokens,
+                    hold.usd_picousd)
+        hold.sunk += (sunk,)  # refreshed with the hold (which keeps its place in the live holds) until settled
+        hold.reservation_id, hold.groups, hold.held = "" if self._local is not None else random_hex(12), [], []
+        tokens = hold.prompt_tokens + hold.completion_tokens
+        if self._local is not None:
+            now = time.time()
+            for group_plan, _ in sunk.held:
+                held = self._local.hold_lane(group_plan.lane, group_plan.spent(tokens, hold.usd_picousd),
+                                             self._ttl_s, now, [])
+                if isinstance(held, Decision):
+                    self._release_live(hold)
+                    return False
+                hold.held.append((group_plan, held))
+        else:
+            for group_plan, group in sunk.groups:
+                try:
+                    decision = await asyncio.shield(self.store.reserve(hold.reservation_id, group, self._ttl_s))
+                except StateUnavailable:
+                    decision = None
+                if decision is None or not decision.ok:
+                    # (a reserve that failed holds nothing; the ones before it are released)
+                    await asyncio.shield(self._release(hold))
+                    hold.groups = []
+                    return False
+                hold.groups.append((group_plan, group))
+        return True
+
+    def _release_live(self, hold: Hold) -> None:
+        """The memory store: what `hold` holds now, released (its sunk reservations stay)."""
+        assert self._local is not None
+        for group_plan, held in hold.held:
+            self._local.settle_held(held, group_plan.nothing)
+        hold.held = []
+
+    async def fail(self, hold: Hold | None, call: Call) -> None:
+        """No attempt answered. An attempt that timed out while its provider worked may be billed
+        whole (BILLED_FAILURES): its reservation (sunk, or the one held now when the last attempt made
+        timed out) stands as spent, and the call is recorded with it against the last target that
+        timed out. Without such an attempt, the hold is released: providers do not bill failures."""
+        if hold is None or hold.done:
+            return
+        timed_out = [a for a in call.attempts if not a.skipped and a.error in BILLED_FAILURES]
+        if not timed_out:
+            await self.release(hold)
+            return
+        call.provider, call.target_model = timed_out[-1].provider, timed_out[-1].model
+        if len(timed_out) > len(hold.sunk):  # the reservation held now was the last timed-out attempt's
+            await self.settle(hold, None, call.provider, call.target_model, call)
+            return
+        hold.done = True
+        self._live.pop(hold, None)
+        counted, usd = self._sink(hold, Usage(reported=True), 0)
+        call.usage, call.cost_picousd, call.cache_write_picousd, call.settled = counted, usd, 0, True
+        if self._local is not None:
+            self._release_live(hold)
+        else:
+            await asyncio.shield(self._release_and_settle_sunk(hold))
+
+    async def _release_and_settle_sunk(self, hold: Hold) -> None:
+        await self._release(hold)
+        for sunk in hold.sunk:
+            await self._settle(sunk, sunk.prompt_tokens + sunk.completion_tokens, sunk.usd_picousd)
 
     async def release(self, hold: Hold | None) -> None:
         if hold is None or hold.done:
@@ -319,15 +426,19 @@ class Limits:
             if local is not None:
                 for _, held in hold.held:
                     local.refresh_held(held, ttl, now)
+                for sunk in hold.sunk:
+                    for _, held in sunk.held:
+                        local.refresh_held(held, ttl, now)
                 continue
-            for _, group in hold.groups:
-                if hold.done:
-                    break
-                try:
-                    await self.store.refresh(hold.reservation_id, group, ttl, now)
-                except StateUnavailable as e:
-                    self.metrics.state_errors.labels("refresh").inc()
-                    failed = e
+            for part in (hold, *hold.sunk) if hold.sunk else (hold,):
+                for _, group in part.groups:
+                    if hold.done:
+                        break
+                    try:
+                        await self.store.refresh(part.reservation_id, group, ttl, now)
+                    except StateUnavailable as e:
+                        self.metrics.state_errors.labels("refresh").inc()
+                        failed = e
         if failed is not None:  # one line a pass, however many holds it could not refresh
             _log.error("state store unreachable; live reservations were not refreshed (they expire if it stays so)",
                        extra={"fields": {"error": str(failed)[:300]}})

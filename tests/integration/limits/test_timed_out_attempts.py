@@ -1,0 +1,56 @@
+"""An attempt that timed out while the provider worked may have been billed, and is counted so.
+
+The attack: a tenant whose calls the upstream answers more slowly than the route's attempt timeout
+(a long generation; here the mock's latency directive) had every attempt time out, the gateway
+retry, and, every attempt having "failed", the whole reservation released: the provider served
+(and billed) three answers a call while the tenant's budget counted nothing, without end. Now an
+attempt that timed out counts its reservation as spent, a further attempt reserves again (or is not
+made: the timeout is the answer), and the envelope records what was counted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+
+from tests.integration.limits.conftest import GatewayFactory
+
+PROMPT_TOKENS, COMPLETION_TOKENS = 8, 5  # what the mock bills for HELLO
+BUDGET = 200
+ROUTE = {"chat": {"targets": [{"provider": "up", "model": "gpt-4o-mini"}], "retries": 2,
+                  "attempt_timeout_s": 0.15, "backoff": {"base_s": 0.0, "cap_s": 0.0}}}
+
+
+def test_timed_out_attempts_count_against_the_budget(
+        make_gateway: GatewayFactory, tenant: str, upstream_log: Callable[[], list[dict[str, Any]]]) -> None:
+    gw = make_gateway(ROUTE, {tenant: {"budgets": {"tokens_per_day": BUDGET}}})
+    marker = os.urandom(6).hex()
+    body = {"model": "chat", "max_tokens": 10,
+            "messages": [{"role": "user", "content": f"{marker} #mock{{\"latency_ms\": 600}}"}]}
+
+    async def calls() -> list[httpx.Response]:
+        async with httpx.AsyncClient(base_url=gw.url, timeout=20,
+                                     headers={"authorization": f"Bearer {gw.key(tenant)}"}) as http:
+            return list(await asyncio.gather(*(http.post("/v1/chat/completions", json=body) for _ in range(12))))
+
+    answers = asyncio.run(calls())
+    assert {r.status_code for r in answers} <= {429, 504}, [r.text for r in answers]
+    time.sleep(1.0)  # the mock answers every attempt 600 ms after it came (and bills it)
+    served = [e for e in upstream_log() if marker in str(e.get("body")) and e.get("status") == 200]
+    served_tokens = sum(PROMPT_TOKENS + min(COMPLETION_TOKENS, e["body"]["max_tokens"]) for e in served)
+    assert served_tokens <= BUDGET, f"{len(served)} attempts served ({served_tokens} tokens) on a budget of {BUDGET}"
+    # the ledger records what the budget counted: at least what was served
+    with httpx.Client(base_url=gw.url, headers={"authorization": f"Bearer {gw.admin_key}"}, timeout=10) as admin:
+        deadline = time.monotonic() + 10
+        while True:
+            totals = admin.get("/admin/reports/costs", params={"tenant": tenant, "format": "json"}).json()["totals"]
+            if totals["requests"] >= len(answers) or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+    counted = totals["prompt_tokens"] + totals["completion_tokens"]
+    assert served_tokens <= counted <= BUDGET, totals
