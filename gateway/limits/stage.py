@@ -23,16 +23,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from dataclasses import dataclass
 from typing import Any
 
 from gateway.errors import BadRequest, GatewayError, RateLimited, ServiceUnavailable
 from gateway.ids import random_hex
-from gateway.limits.completion import choices, completion_cap
+from gateway.limits.completion import choices, completion_cap, predicted_text
 from gateway.limits.estimate import estimate_embeddings, estimate_prompt
 from gateway.limits.offload import INLINE_MAX_BYTES, EstimatorBusy, OffLoopCounter
 from gateway.limits.plan import GroupPlan, PlanCache
+from gateway.limits.tokens import count_text
 from gateway.observability.metrics import Metrics
 from gateway.pipeline.context import Call
 from gateway.providers.base import Usage
@@ -128,15 +130,22 @@ class Limits:
         self._live: dict[Hold, float] = {}
         self.counter = OffLoopCounter()
 
-    def _completion_cap(self, body: dict[str, Any], needs_bound: bool) -> int:
+    def _completion_cap(self, body: dict[str, Any], needs_bound: bool, inline: bool) -> int:
         """What the call may generate: n choices, each up to the larger completion field (a provider
-        may read either, and bills every choice)."""
+        may read either, and bills every choice), plus a prediction's tokens it may reject."""
         asked = completion_cap(body)
         if asked is None:
             if not needs_bound:
                 return 0
             # Unbounded completions cannot be reserved: the provider is given the default bound.
             asked = body["max_tokens"] = self.settings.limits.default_max_tokens
+        predicted = predicted_text(body) if "prediction" in body else ""
+        if predicted:
+            # Counted on the loop only when the body is small; else by its UTF-8 bytes (no token is
+            # shorter than a byte): a bound, never an undercount.
+            # (o200k, raised by the estimate margin: a target of another family may count more)
+            asked += math.ceil(count_text(predicted) * (1 + self._estimate_margin)) if inline \
+                else len(predicted.encode("utf-8", "replace"))
         return asked * choices(body)
 
     @staticmethod
@@ -179,7 +188,8 @@ class Limits:
                 raise
         if plan.empty:
             return None
-        completion = self._completion_cap(body, plan.bounded) if call.kind == "chat" else 0
+        completion = self._completion_cap(body, plan.bounded, call.body_bytes <= INLINE_MAX_BYTES) \
+            if call.kind == "chat" else 0
         tokens = prompt + completion
         usd = self._price_bound(plan.prices, prompt, completion)
         local = self._local
