@@ -174,3 +174,7 @@ def test_mixed_hostile_load_on_two_replicas_keeps_every_invariant(
     day_tokens = int(r.get(f"{prefix}{{t:{tenant}}}:c:tenant:{tenant}:tokens_per_day:{stamp}") or 0)
     day_usd = int(r.get(f"{prefix}{{t:{tenant}}}:c:tenant:{tenant}:usd_per_day:{stamp}") or 0)
     assert (day_tokens, day_usd) == (tokens, picousd)
+    # and no hold is left (each would be refreshed, and counted, until it expired)
+    for unit in ("tokens", "usd"):
+        holds = r.zrange(f"{prefix}{{t:{tenant}}}:c:tenant:{tenant}:{unit}_per_day:{stamp}:z", 0, -1)
+        assert [m for m in holds if m != b"~seeded"] == []
