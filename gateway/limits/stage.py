@@ -364,13 +364,16 @@ class Limits:
         whole (BILLED_FAILURES): its reservation (sunk, or the one held now when the last attempt made
         timed out) stands as spent, and the call is recorded with it against the last target that
         timed out. Without such an attempt, the hold is released: providers do not bill failures."""
-        if hold is None or hold.done:
+        if hold is not None and hold.done:
             return
         timed_out = [a for a in call.attempts if not a.skipped and a.error in BILLED_FAILURES]
         if not timed_out:
             await self.release(hold)
             return
         call.provider, call.target_model = timed_out[-1].provider, timed_out[-1].model
+        if hold is None:  # nothing reserved: the record is the best estimate, each attempt's prompt
+            call.usage = Usage(prompt_tokens=(call.prompt_estimate or 0) * len(timed_out))
+            return
         if len(timed_out) > len(hold.sunk):  # the reservation held now was the last timed-out attempt's
             await self.settle(hold, None, call.provider, call.target_model, call)
             return

@@ -54,3 +54,25 @@ def test_timed_out_attempts_count_against_the_budget(
             time.sleep(0.1)
     counted = totals["prompt_tokens"] + totals["completion_tokens"]
     assert served_tokens <= counted <= BUDGET, totals
+
+
+def test_without_budgets_timed_out_attempts_are_recorded_at_the_prompt_estimate(
+        make_gateway: GatewayFactory, tenant: str, upstream_log: Callable[[], list[dict[str, Any]]]) -> None:
+    """Nothing reserved: as for a call cut short, the envelope records the best estimate (each
+    timed-out attempt's prompt), not nothing, so the cost report does not miss what was billed."""
+    gw = make_gateway(ROUTE, {tenant: {}})
+    body = {"model": "chat", "max_tokens": 10,
+            "messages": [{"role": "user", "content": 'hello #mock{"latency_ms": 600}'}]}
+    with gw.http(tenant) as http:
+        r = http.post("/v1/chat/completions", json=body)
+    assert r.status_code == 504, r.text
+    with httpx.Client(base_url=gw.url, headers={"authorization": f"Bearer {gw.admin_key}"}, timeout=10) as admin:
+        deadline = time.monotonic() + 10
+        while True:
+            report = admin.get("/admin/reports/costs", params={"tenant": tenant, "format": "json"}).json()
+            if report["totals"]["requests"] >= 1 or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+    attempts = 1 + ROUTE["chat"]["retries"]  # type: ignore[index]
+    assert report["totals"]["prompt_tokens"] >= attempts * PROMPT_TOKENS, report
+    assert report["totals"]["cost_picousd"] > 0
