@@ -17,6 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 import httpx
+import pytest
 
 from tests.integration.limits.conftest import GatewayFactory
 
@@ -26,12 +27,16 @@ ROUTE = {"chat": {"targets": [{"provider": "up", "model": "gpt-4o-mini"}], "retr
                   "attempt_timeout_s": 0.15, "backoff": {"base_s": 0.0, "cap_s": 0.0}}}
 
 
+@pytest.mark.parametrize("stream", [False, True])
 def test_timed_out_attempts_count_against_the_budget(
-        make_gateway: GatewayFactory, tenant: str, upstream_log: Callable[[], list[dict[str, Any]]]) -> None:
+        make_gateway: GatewayFactory, tenant: str, upstream_log: Callable[[], list[dict[str, Any]]],
+        stream: bool) -> None:
     gw = make_gateway(ROUTE, {tenant: {"budgets": {"tokens_per_day": BUDGET}}})
     marker = os.urandom(6).hex()
-    body = {"model": "chat", "max_tokens": 10,
-            "messages": [{"role": "user", "content": f"{marker} #mock{{\"latency_ms\": 600}}"}]}
+    body: dict[str, Any] = {"model": "chat", "max_tokens": 10,
+                            "messages": [{"role": "user", "content": f"{marker} #mock{{\"latency_ms\": 600}}"}]}
+    if stream:  # no first chunk within the attempt timeout
+        body["stream"] = True
 
     async def calls() -> list[httpx.Response]:
         async with httpx.AsyncClient(base_url=gw.url, timeout=20,
