@@ -340,16 +340,32 @@ class Limits:
                 hold.held.append((group_plan, held))
         else:
             for group_plan, group in sunk.groups:
-                try:
-                    decision = await asyncio.shield(self.store.reserve(hold.reservation_id, group, self._ttl_s))
-                except StateUnavailable:
-                    decision = None
-                if decision is None or not decision.ok:
+                if not await asyncio.shield(self._hold_again(hold, group_plan, group)):
                     # (a reserve that failed holds nothing; the ones before it are released)
-                    await asyncio.shield(self._release(hold))
-                    hold.groups = []
+                    if not hold.done:
+                        await asyncio.shield(self._release(hold))
+                        hold.groups = []
                     return False
-                hold.groups.append((group_plan, group))
+        return True
+
+    async def _hold_again(self, hold: Hold, group_plan: GroupPlan, group: tuple[Bucket, ...]) -> bool:
+        """One group's new reservation, put on the hold where its settlement or release finds it.
+        Shielded by the caller: when the call ended while it was on its way (the client left), what it
+        got is released here, as nothing else would (it would count until it expired)."""
+        rid = hold.reservation_id
+        try:
+            decision = await self.store.reserve(rid, group, self._ttl_s)
+        except StateUnavailable:
+            return False
+        if not decision.ok:
+            return False
+        if hold.done:
+            try:
+                await self.store.release(rid, group)
+            except StateUnavailable:
+                self.metrics.state_errors.labels("release").inc()
+            return False
+        hold.groups.append((group_plan, group))
         return True
 
     def _release_live(self, hold: Hold) -> None:

@@ -4,12 +4,18 @@ attempt reserves anew, and every reservation is refreshed until the call settles
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
+from pathlib import Path
+from typing import Any
 
 from gateway.limits.stage import Limits
+from gateway.observability.metrics import Metrics
 from gateway.pipeline.context import Attempt
 from gateway.providers.base import Usage
-from tests.unit.limits.test_stage_settlement import _call, _counted, _reserve, limits  # noqa: F401
+from gateway.store.state.base import Decision
+from tests.unit.limits.test_stage_settlement import _call, _counted, _reserve, _settings, limits  # noqa: F401
 
 
 def _timed_out() -> Attempt:
@@ -68,3 +74,45 @@ async def test_another_attempt_that_does_not_fit_is_not_reserved(limits: Limits)
     await limits.fail(hold, call)
     assert (await _counted(limits, time.time()))["tokens_per_day"] == reserved
     assert limits._live == {}
+
+
+class _SlowStore:
+    """A networked store's calls, each reserve waiting for `go`: what a cancellation can cut."""
+
+    def __init__(self) -> None:
+        self.go = asyncio.Event()
+        self.held: dict[str, int] = {}
+
+    async def reserve(self, rid: str, group: Any, ttl_s: float) -> Decision:
+        if self.held:  # the first reservation passes at once; the next ones wait
+            await self.go.wait()
+        self.held[rid] = sum(b.amount for b in group)
+        return Decision(True, None, None, {}, {})
+
+    async def release(self, rid: str, group: Any) -> None:
+        self.held.pop(rid, None)
+
+    async def settle(self, rid: str, group: Any, actual: Any) -> None:
+        self.held[rid] = -1  # settled (spent)
+
+    async def refresh(self, rid: str, group: Any, ttl_s: float, now: float) -> None:
+        pass
+
+
+async def test_a_client_leaving_while_the_next_attempt_is_reserved_leaves_no_hold(tmp_path: Path) -> None:
+    store = _SlowStore()
+    lim = Limits(_settings(tmp_path, ttl_s=2.0), store, Metrics())  # type: ignore[arg-type]
+    call = _call()
+    hold = await _reserve(lim, call)
+    call.attempts.append(_timed_out())
+    again = asyncio.ensure_future(lim.again(hold))
+    await asyncio.sleep(0)  # the new reservation is on its way
+    again.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await again
+    await lim.fail(hold, call)  # the request ends: the first reservation is spent
+    store.go.set()  # the reservation in flight lands after the call ended
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert list(store.held.values()) == [-1]  # only the sunk reservation, settled
+    assert lim._live == {}
