@@ -17,6 +17,12 @@ A crashed process refreshes nothing, so what it held still expires.
 
 What a call is counted as having spent is worked out once, in `settle`, and written on the Call:
 the envelope (and so the cost report) records the very figures the counters got.
+
+An attempt that timed out while its provider worked may be billed whole (the provider had the
+request; it does not know the gateway stopped waiting): its reservation stands as spent (`sunk`),
+and a further attempt must first reserve again (`again`; when that does not fit, the timeout is
+the answer). So failover after a timeout never spends past a budget; `fail` settles what was sunk
+when no attempt answered.
 """
 
 from __future__ import annotations
