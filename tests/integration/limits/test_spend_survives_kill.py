@@ -146,7 +146,8 @@ def test_sigkill_under_load_keeps_the_day_and_month_spend(tmp_path: Path, ledger
         again.stop()
 
 
-def test_sigterm_under_load_keeps_all_the_day_and_month_spend(tmp_path: Path, ledger_url: str) -> None:
+def test_sigterm_under_load_keeps_all_the_day_and_month_spend(tmp_path: Path) -> None:
+    ledger_url = f"sqlite:///{tmp_path / 'ledger.db'}"  # (the clean stop's path does not depend on the ledger)
     gw = _gateway(tmp_path, ledger_url)
     try:
         answered, sent_at, in_flight = asyncio.run(_load(gw, 0.8, signal.SIGTERM))
