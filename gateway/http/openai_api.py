@@ -101,20 +101,22 @@ async def chat_completions(inbound: Inbound) -> JSONReply | SSEResponse:
     route = resolve_route(gw.settings, call, call.model_requested)
     apply_route_caps(body, route)
     hold = await gw.limits.reserve(call, route, body)
+    again = None if hold is None else partial(gw.limits.again, hold)
     stream_mode = bool(body.get("stream"))
     try:
         if not stream_mode:
-            result = await gw.router.chat(call, route, body)
+            result = await gw.router.chat(call, route, body, again)
         else:
             call.stream = True
             include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-            stream = await gw.router.chat_stream(call, route, body, include_usage)
+            stream = await gw.router.chat_stream(call, route, body, include_usage, again)
     except asyncio.CancelledError:
         await _cut_short(gw, call, hold)
         raise
     except BaseException:
-        # No attempt succeeded: providers do not bill failed calls, so nothing was spent.
-        await gw.limits.release(hold)
+        # No attempt succeeded: providers do not bill failed calls, so nothing was spent, unless an
+        # attempt timed out while its provider worked (see Limits.fail).
+        await gw.limits.fail(hold, call)
         raise
     if not stream_mode:
         call.usage, call.model_served, call.finish_reason = result.usage, result.served_model, result.finish_reason
@@ -131,7 +133,7 @@ async def _cut_short(gw: Gateway, call: Call, hold: Hold | None) -> None:
     no budget, the prompt estimate is the record). Between attempts nothing is being billed."""
     attempt = call.attempts[-1] if call.attempts else None
     if attempt is None or attempt.skipped or attempt.error != "Cancelled":
-        await gw.limits.release(hold)
+        await gw.limits.fail(hold, call)  # (what earlier attempts that timed out reserved is spent)
         return
     call.provider, call.target_model = attempt.provider, attempt.model
     call.usage = Usage(prompt_tokens=call.prompt_estimate or 0)
@@ -217,12 +219,12 @@ async def embeddings(inbound: Inbound) -> JSONReply:
     route = resolve_route(gw.settings, call, call.model_requested)
     hold = await gw.limits.reserve(call, route, body)
     try:
-        result = await gw.router.embeddings(call, route, body)
+        result = await gw.router.embeddings(call, route, body, None if hold is None else partial(gw.limits.again, hold))
     except asyncio.CancelledError:
         await _cut_short(gw, call, hold)
         raise
     except BaseException:
-        await gw.limits.release(hold)
+        await gw.limits.fail(hold, call)
         raise
     call.usage, call.model_served = result.usage, result.served_model
     return _answer(gw, result.body, hold, result.usage, call)

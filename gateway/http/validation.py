@@ -116,6 +116,7 @@ def validate_chat(body: dict[str, Any]) -> str:
     _int_at_least(body, "max_tokens", 1)
     _int_at_least(body, "max_completion_tokens", 1)
     _int_at_least(body, "n", 1, MAX_CHOICES)  # every choice is billed, and reserved
+    _int_at_least(body, "best_of", 1, MAX_CHOICES)  # (so is every sequence a server generates for it)
     _number_between(body, "temperature", 0, 2)
     _number_between(body, "top_p", 0, 1)
     _number_between(body, "presence_penalty", -2, 2)

@@ -51,6 +51,23 @@ def capped_completion(body: dict[str, Any], limit: int) -> dict[str, Any]:
 
 
 def choices(body: Mapping[str, Any]) -> int:
-    """The choices the provider will generate (a validated `n`, 1 when absent)."""
+    """The choices the provider will generate (a validated `n`, 1 when absent), or, when larger, a
+    validated `best_of`: OpenAI-compatible servers that take it (vLLM and the hosts built on it)
+    generate that many sequences to return the best n, and those that bill, bill them all."""
     n = body.get("n")
-    return n if isinstance(n, int) and not isinstance(n, bool) and n > 1 else 1
+    n = n if isinstance(n, int) and not isinstance(n, bool) and n > 1 else 1
+    best_of = body.get("best_of")
+    return best_of if isinstance(best_of, int) and not isinstance(best_of, bool) and best_of > n else n
+
+
+def predicted_text(body: Mapping[str, Any]) -> str:
+    """The text of a `prediction` (OpenAI's predicted outputs): its tokens the model does not use are
+    billed as completion tokens on top of what it generates, so each choice may be billed up to the
+    completion cap plus the prediction."""
+    prediction = body.get("prediction")
+    content = prediction.get("content") if isinstance(prediction, dict) else None
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        return "".join(p["text"] for p in content if isinstance(p, dict) and isinstance(p.get("text"), str))
+    return ""

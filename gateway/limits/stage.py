@@ -17,22 +17,30 @@ A crashed process refreshes nothing, so what it held still expires.
 
 What a call is counted as having spent is worked out once, in `settle`, and written on the Call:
 the envelope (and so the cost report) records the very figures the counters got.
+
+An attempt that timed out while its provider worked may be billed whole (the provider had the
+request; it does not know the gateway stopped waiting): its reservation stands as spent (`sunk`),
+and a further attempt must first reserve again (`again`; when that does not fit, the timeout is
+the answer). So failover after a timeout never spends past a budget; `fail` settles what was sunk
+when no attempt answered.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from dataclasses import dataclass
 from typing import Any
 
 from gateway.errors import BadRequest, GatewayError, RateLimited, ServiceUnavailable
 from gateway.ids import random_hex
-from gateway.limits.completion import choices, completion_cap
+from gateway.limits.completion import choices, completion_cap, predicted_text
 from gateway.limits.estimate import estimate_embeddings, estimate_prompt
 from gateway.limits.offload import INLINE_MAX_BYTES, EstimatorBusy, OffLoopCounter
 from gateway.limits.plan import GroupPlan, PlanCache
+from gateway.limits.tokens import count_text
 from gateway.observability.metrics import Metrics
 from gateway.pipeline.context import Call
 from gateway.providers.base import Usage
@@ -46,6 +54,11 @@ _log = logging.getLogger("gateway.limits")
 # The refresh loop never wakes more often than this, whatever the ttl (a ttl that short could not
 # be kept anyway: it would expire holds between two turns of a busy event loop).
 _MIN_REFRESH_EVERY_S = 0.05
+
+
+# Attempts that failed in a way the provider may still bill whole: it had the request and was
+# working on it when the gateway stopped waiting (Attempt.error names).
+BILLED_FAILURES = ("UpstreamTimeout",)
 
 
 class InsufficientQuota(RateLimited):
@@ -68,6 +81,9 @@ class Hold:
     completion_tokens: int
     usd_picousd: int
     done: bool = False
+    # Earlier attempts' reservations, spent: each timed out while its provider worked (it may have
+    # billed them whole), and the next attempt reserved anew (`Limits.again`).
+    sunk: tuple[Hold, ...] = ()
 
 
 def _lane_headers(plan: GroupPlan, left: list[int], now: float) -> list[tuple[bytes, bytes]]:
@@ -120,15 +136,22 @@ class Limits:
         self._live: dict[Hold, float] = {}
         self.counter = OffLoopCounter()
 
-    def _completion_cap(self, body: dict[str, Any], needs_bound: bool) -> int:
+    def _completion_cap(self, body: dict[str, Any], needs_bound: bool, inline: bool) -> int:
         """What the call may generate: n choices, each up to the larger completion field (a provider
-        may read either, and bills every choice)."""
+        may read either, and bills every choice), plus a prediction's tokens it may reject."""
         asked = completion_cap(body)
         if asked is None:
             if not needs_bound:
                 return 0
             # Unbounded completions cannot be reserved: the provider is given the default bound.
             asked = body["max_tokens"] = self.settings.limits.default_max_tokens
+        predicted = predicted_text(body) if "prediction" in body else ""
+        if predicted:
+            # Counted on the loop only when the body is small; else by its UTF-8 bytes (no token is
+            # shorter than a byte): a bound, never an undercount.
+            # (o200k, raised by the estimate margin: a target of another family may count more)
+            asked += math.ceil(count_text(predicted) * (1 + self._estimate_margin)) if inline \
+                else len(predicted.encode("utf-8", "replace"))
         return asked * choices(body)
 
     @staticmethod
@@ -171,7 +194,8 @@ class Limits:
                 raise
         if plan.empty:
             return None
-        completion = self._completion_cap(body, plan.bounded) if call.kind == "chat" else 0
+        completion = self._completion_cap(body, plan.bounded, call.body_bytes <= INLINE_MAX_BYTES) \
+            if call.kind == "chat" else 0
         tokens = prompt + completion
         usd = self._price_bound(plan.prices, prompt, completion)
         local = self._local
@@ -241,14 +265,18 @@ class Limits:
         hold.done = True
         self._live.pop(hold, None)
         counted, usd, writes = self.settled(hold, usage, provider, model)
+        tokens = counted.prompt_tokens + counted.completion_tokens
         if call is not None:
             call.usage, call.cost_picousd, call.cache_write_picousd, call.settled = counted, usd, writes, True
-        tokens = counted.prompt_tokens + counted.completion_tokens
+        if hold.sunk:  # the call also spent what earlier attempts reserved (the counters get that apart)
+            total, total_usd = self._sink(hold, counted, usd)
+            if call is not None:
+                call.usage, call.cost_picousd = total, total_usd
         if self._local is not None:
             for group_plan, held in hold.held:
                 self._local.settle_held(held, group_plan.spent(tokens, usd))
         else:
-            await asyncio.shield(self._settle(hold, tokens, usd))
+            await asyncio.shield(self._settle_all(hold, tokens, usd) if hold.sunk else self._settle(hold, tokens, usd))
 
     def settled(self, hold: Hold, usage: Usage | None, provider: str | None, model: str | None
                 ) -> tuple[Usage, int, int]:
@@ -270,6 +298,120 @@ class Limits:
             except StateUnavailable:
                 self.metrics.state_errors.labels("settle").inc()
                 _log.error("state store unreachable at settlement; the reservation will expire")
+
+    def _sink(self, hold: Hold, counted: Usage, usd: int) -> tuple[Usage, int]:
+        """The sunk reservations as spent: `counted` and `usd` with them added (not reported: no provider
+        said what the timed-out attempts cost). The memory store's counters are settled here; a
+        networked store's by `_settle_all`."""
+        prompt, completion = counted.prompt_tokens, counted.completion_tokens
+        for sunk in hold.sunk:
+            sunk.done = True
+            prompt += sunk.prompt_tokens
+            completion += sunk.completion_tokens
+            usd += sunk.usd_picousd
+            if self._local is not None:
+                tokens = sunk.prompt_tokens + sunk.completion_tokens
+                for group_plan, held in sunk.held:
+                    self._local.settle_held(held, group_plan.spent(tokens, sunk.usd_picousd))
+        return Usage(prompt, completion, counted.cached_tokens, counted.cache_write_tokens,
+                     counted.cache_write_1h_tokens, reported=False), usd
+
+    async def _settle_all(self, hold: Hold, tokens: int, usd: int) -> None:
+        """A networked store: each sunk reservation settled as spent, and the hold at (tokens, usd)."""
+        for sunk in hold.sunk:
+            await self._settle(sunk, sunk.prompt_tokens + sunk.completion_tokens, sunk.usd_picousd)
+        await self._settle(hold, tokens, usd)
+
+    async def again(self, hold: Hold | None) -> bool:
+        """The attempt in progress timed out while its provider worked: the provider may bill it whole,
+        so its reservation stands as spent, and a further attempt needs a reservation of its own.
+        Returns False when that does not fit (or the store cannot be reached): no further attempt.
+
+        The sunk reservations are settled with the hold (`settle`, or `fail` when no attempt answered)."""
+        if hold is None or hold.done:
+            return True  # nothing reserved: nothing to protect
+        sunk = Hold(hold.reservation_id, hold.groups, hold.held, hold.prompt_tokens, hold.completion_tokens,
+                    hold.usd_picousd)
+        hold.sunk += (sunk,)  # refreshed with the hold (which keeps its place in the live holds) until settled
+        hold.reservation_id, hold.groups, hold.held = "" if self._local is not None else random_hex(12), [], []
+        tokens = hold.prompt_tokens + hold.completion_tokens
+        if self._local is not None:
+            now = time.time()
+            for group_plan, _ in sunk.held:
+                held = self._local.hold_lane(group_plan.lane, group_plan.spent(tokens, hold.usd_picousd),
+                                             self._ttl_s, now, [])
+                if isinstance(held, Decision):
+                    self._release_live(hold)
+                    return False
+                hold.held.append((group_plan, held))
+        else:
+            for group_plan, group in sunk.groups:
+                if not await asyncio.shield(self._hold_again(hold, group_plan, group)):
+                    # (a reserve that failed holds nothing; the ones before it are released)
+                    if not hold.done:
+                        await asyncio.shield(self._release(hold))
+                        hold.groups = []
+                    return False
+        return True
+
+    async def _hold_again(self, hold: Hold, group_plan: GroupPlan, group: tuple[Bucket, ...]) -> bool:
+        """One group's new reservation, put on the hold where its settlement or release finds it.
+        Shielded by the caller: when the call ended while it was on its way (the client left), what it
+        got is released here, as nothing else would (it would count until it expired)."""
+        rid = hold.reservation_id
+        try:
+            decision = await self.store.reserve(rid, group, self._ttl_s)
+        except StateUnavailable:
+            return False
+        if not decision.ok:
+            return False
+        if hold.done:
+            try:
+                await self.store.release(rid, group)
+            except StateUnavailable:
+                self.metrics.state_errors.labels("release").inc()
+            return False
+        hold.groups.append((group_plan, group))
+        return True
+
+    def _release_live(self, hold: Hold) -> None:
+        """The memory store: what `hold` holds now, released (its sunk reservations stay)."""
+        assert self._local is not None
+        for group_plan, held in hold.held:
+            self._local.settle_held(held, group_plan.nothing)
+        hold.held = []
+
+    async def fail(self, hold: Hold | None, call: Call) -> None:
+        """No attempt answered. An attempt that timed out while its provider worked may be billed
+        whole (BILLED_FAILURES): its reservation (sunk, or the one held now when the last attempt made
+        timed out) stands as spent, and the call is recorded with it against the last target that
+        timed out. Without such an attempt, the hold is released: providers do not bill failures."""
+        if hold is not None and hold.done:
+            return
+        timed_out = [a for a in call.attempts if not a.skipped and a.error in BILLED_FAILURES]
+        if not timed_out:
+            await self.release(hold)
+            return
+        call.provider, call.target_model = timed_out[-1].provider, timed_out[-1].model
+        if hold is None:  # nothing reserved: the record is the best estimate, each attempt's prompt
+            call.usage = Usage(prompt_tokens=(call.prompt_estimate or 0) * len(timed_out))
+            return
+        if len(timed_out) > len(hold.sunk):  # the reservation held now was the last timed-out attempt's
+            await self.settle(hold, None, call.provider, call.target_model, call)
+            return
+        hold.done = True
+        self._live.pop(hold, None)
+        counted, usd = self._sink(hold, Usage(reported=True), 0)
+        call.usage, call.cost_picousd, call.cache_write_picousd, call.settled = counted, usd, 0, True
+        if self._local is not None:
+            self._release_live(hold)
+        else:
+            await asyncio.shield(self._release_and_settle_sunk(hold))
+
+    async def _release_and_settle_sunk(self, hold: Hold) -> None:
+        await self._release(hold)
+        for sunk in hold.sunk:
+            await self._settle(sunk, sunk.prompt_tokens + sunk.completion_tokens, sunk.usd_picousd)
 
     async def release(self, hold: Hold | None) -> None:
         if hold is None or hold.done:
@@ -319,15 +461,19 @@ class Limits:
             if local is not None:
                 for _, held in hold.held:
                     local.refresh_held(held, ttl, now)
+                for sunk in hold.sunk:
+                    for _, held in sunk.held:
+                        local.refresh_held(held, ttl, now)
                 continue
-            for _, group in hold.groups:
-                if hold.done:
-                    break
-                try:
-                    await self.store.refresh(hold.reservation_id, group, ttl, now)
-                except StateUnavailable as e:
-                    self.metrics.state_errors.labels("refresh").inc()
-                    failed = e
+            for part in (hold, *hold.sunk) if hold.sunk else (hold,):
+                for _, group in part.groups:
+                    if hold.done:
+                        break
+                    try:
+                        await self.store.refresh(part.reservation_id, group, ttl, now)
+                    except StateUnavailable as e:
+                        self.metrics.state_errors.labels("refresh").inc()
+                        failed = e
         if failed is not None:  # one line a pass, however many holds it could not refresh
             _log.error("state store unreachable; live reservations were not refreshed (they expire if it stays so)",
                        extra={"fields": {"error": str(failed)[:300]}})

@@ -51,6 +51,9 @@ from gateway.settings import RouteSettings, TargetSettings
 
 T = TypeVar("T")
 AttemptFn = Callable[[Provider, TargetSettings, float, dict[str, Any]], Awaitable[tuple[T, Usage | None]]]
+# Called when an attempt timed out while its provider worked, before another is made: the limits
+# stage counts that attempt's reservation as spent and reserves again; False: no further attempt.
+Again = Callable[[], Awaitable[bool]]
 
 # An attempt needs at least this much of the deadline to be worth starting.
 _MIN_ATTEMPT_S = 0.05
@@ -112,16 +115,17 @@ class Router:
         self.clock = clock
 
     # -- the three kinds of call -------------------------------------------------------------
-    async def chat(self, call: Call, route: RouteSettings, body: dict[str, Any]) -> ChatResult:
+    async def chat(self, call: Call, route: RouteSettings, body: dict[str, Any], again: Again | None = None
+                   ) -> ChatResult:
         async def attempt(p: Provider, t: TargetSettings, limit_s: float,
                           b: dict[str, Any]) -> tuple[ChatResult, Usage | None]:
             result = await p.chat(b, t.model, timeout_s=limit_s)
             return result, result.usage
 
-        return await self._run(call, route, body, attempt, count_prompt=True)
+        return await self._run(call, route, body, attempt, count_prompt=True, again=again)
 
     async def chat_stream(self, call: Call, route: RouteSettings, body: dict[str, Any],
-                          include_usage: bool) -> ChatStream:
+                          include_usage: bool, again: Again | None = None) -> ChatStream:
         async def attempt(p: Provider, t: TargetSettings, limit_s: float,
                           b: dict[str, Any]) -> tuple[ChatStream, Usage | None]:
             # The stream counts as answered only once its first chunk is here: until a byte
@@ -135,19 +139,20 @@ class Router:
                     raise
             return _prepend(stream, first), None
 
-        return await self._run(call, route, body, attempt, count_prompt=True)
+        return await self._run(call, route, body, attempt, count_prompt=True, again=again)
 
-    async def embeddings(self, call: Call, route: RouteSettings, body: dict[str, Any]) -> EmbeddingsResult:
+    async def embeddings(self, call: Call, route: RouteSettings, body: dict[str, Any], again: Again | None = None
+                         ) -> EmbeddingsResult:
         async def attempt(p: Provider, t: TargetSettings, limit_s: float,
                           b: dict[str, Any]) -> tuple[EmbeddingsResult, Usage | None]:
             result = await p.embeddings(b, t.model, timeout_s=limit_s)
             return result, result.usage
 
-        return await self._run(call, route, body, attempt, count_prompt=False)
+        return await self._run(call, route, body, attempt, count_prompt=False, again=again)
 
     # -- the loop ----------------------------------------------------------------------------
     async def _run(self, call: Call, route: RouteSettings, body: dict[str, Any], attempt: AttemptFn[T],
-                   *, count_prompt: bool) -> T:
+                   *, count_prompt: bool, again: Again | None = None) -> T:
         order = plan(route.targets, self.rng)
         state = _State(deadline=call.started + route.deadline_s, attempts_left=1 + route.retries)
         budget = None
@@ -186,12 +191,18 @@ class Router:
                 result, usage = await attempt(provider, target, timeout, attempt_body)
             except TimeoutError:
                 # The stream's first chunk did not come in time (see chat_stream).
-                self._failed(state, route, target, permit, record, UpstreamTimeout(
-                    f"provider '{target.provider}' sent no first chunk within {timeout:g}s"), started, budget)
+                timed_out = UpstreamTimeout(f"provider '{target.provider}' sent no first chunk within {timeout:g}s")
+                self._failed(state, route, target, permit, record, timed_out, started, budget)
+                if again is not None and state.attempts_left > 0 and not await again():
+                    raise timed_out from None
                 continue
             except UpstreamError as e:
                 self._failed(state, route, target, permit, record, e, started, budget)
                 if not e.retryable:
+                    raise
+                # The provider had the request and may bill it whole: another attempt is reserved anew.
+                if isinstance(e, UpstreamTimeout) and again is not None and state.attempts_left > 0 \
+                        and not await again():
                     raise
                 continue
             except BadRequest as e:

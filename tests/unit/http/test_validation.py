@@ -39,6 +39,8 @@ def test_valid_chat_returns_the_route_and_keeps_the_body() -> None:
     ({"n": 0}, "n"),
     ({"n": True}, "n"),
     ({"n": 2.0}, "n"),
+    ({"best_of": 129}, "best_of"),  # a server that takes it generates (and may bill) best_of sequences
+    ({"best_of": "9"}, "best_of"),
     ({"presence_penalty": 2.5}, "presence_penalty"),
     ({"temperature": "hot"}, "temperature"),
 ])

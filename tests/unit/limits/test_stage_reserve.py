@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 from pathlib import Path
 from typing import Any
 
@@ -62,3 +63,25 @@ def test_what_is_reserved(settings: Settings, body: dict[str, Any], completion: 
 def test_what_cannot_fit_is_refused(settings: Settings, body: dict[str, Any]) -> None:
     with pytest.raises(InsufficientQuota):
         _reserve(settings, {"messages": HELLO, **body})
+
+
+PREDICTED = "def hello():\n    return 'hello, world'\n" * 20
+
+
+@pytest.mark.parametrize(("body", "completion"), [
+    # best_of: a server that takes it generates (and may bill) best_of sequences to return n
+    ({"max_tokens": 10, "best_of": 5}, 50),
+    ({"max_tokens": 10, "n": 3, "best_of": 2}, 30),
+    # prediction: its tokens the model does not use are billed as completion tokens on top
+    ({"max_tokens": 10, "prediction": {"type": "content", "content": PREDICTED}}, None),
+    ({"max_tokens": 10, "prediction": {"type": "content", "content": [{"type": "text", "text": PREDICTED}]}}, None),
+])
+def test_what_reaches_the_provider_beyond_n_is_reserved(settings: Settings, body: dict[str, Any],
+                                                       completion: int | None) -> None:
+    from gateway.limits.tokens import count_text
+
+    hold = _reserve(settings, {"messages": HELLO, **body})
+    if completion is None:  # 10 + the prediction's tokens, raised by the estimate margin (10%)
+        completion = 10 + math.ceil(count_text(PREDICTED) * 1.10)
+        assert completion > 200
+    assert hold.completion_tokens == completion
