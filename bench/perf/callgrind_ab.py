@@ -2,7 +2,7 @@
 wall-clock throughput on a shared 2-core machine is not.
 
     .venv/bin/python bench/perf/callgrind_ab.py                       # this checkout
-    .venv/bin/python bench/perf/callgrind_ab.py /work/wt/p-base .     # A/B: each path a checkout with its own .venv
+    .venv/bin/python bench/perf/callgrind_ab.py ../gateway-901fa21 .   # A/B: each path a checkout with its own .venv
     .venv/bin/python bench/perf/callgrind_ab.py . --rounds 2 --keep   # keep the callgrind files (callgrind_annotate)
 
 Each checkout's `gateway serve` (the default config of bench/perf: memory state with limits, SQLite ledger, one
