@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -23,32 +22,11 @@ from gateway.store.state.base import StateUnavailable
 from gateway.store.state.memory import MemoryStateStore
 from gateway.store.state.redis import RedisStateStore
 from tests.integration.store_state.conftest import REDIS_URL, delete_prefix, require_redis
-from tests.support.pg import fresh_postgres_url, require_postgres
 from tests.support.processes import free_port
 
 NOW = datetime(2026, 11, 15, 12, 0, tzinfo=UTC).timestamp()
 TODAY = datetime(2026, 11, 15, 0, 0, 1, tzinfo=UTC)
 BIG = 3_002_399_751_580_331  # past 2**53: a float sum would be wrong
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-async def ledger(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Ledger]:
-    if request.param == "sqlite":
-        lg = Ledger.from_url(f"sqlite:///{tmp_path}/ledger/ledger.db")
-        try:
-            await lg.migrate()
-            yield lg
-        finally:
-            await lg.aclose()
-        return
-    require_postgres()
-    async with fresh_postgres_url() as url:
-        lg = Ledger.from_url(url)
-        try:
-            await lg.migrate()
-            yield lg
-        finally:
-            await lg.aclose()
 
 
 def _settings(tmp_path: Path) -> Settings:

@@ -19,14 +19,11 @@ import asyncio
 import os
 import signal
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import openai
-import pytest
 
 from tests.support.gateway import GatewayInstance, start_gateway
-from tests.support.pg import create_database, drop_database, postgres_url, require_postgres
 
 HELLO = [{"role": "user", "content": "hello"}]
 MAX_TOKENS = 10
@@ -39,19 +36,6 @@ TENANTS = {"day": {"budgets": {"tokens_per_day": LIMIT}},
 COMMIT_MS = 20  # storage.journal_commit_ms's default
 SLACK_S = 0.03  # the write and fsync in progress, a busy 2-core machine (as the crash drill)
 CONCURRENCY = 8  # per tenant
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def ledger_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'ledger.db'}"
-        return
-    require_postgres()
-    name = asyncio.run(create_database())
-    try:
-        yield postgres_url(name)
-    finally:
-        asyncio.run(drop_database(name))
 
 
 def _gateway(root: Path, ledger_url: str) -> GatewayInstance:

@@ -14,18 +14,15 @@ import asyncio
 import os
 import signal
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import openai
-import pytest
 from sqlalchemy import select
 
 from gateway.store.journal import SUFFIX
 from gateway.store.ledger import Ledger
 from gateway.store.schema import envelopes
 from tests.support.gateway import GatewayInstance, start_gateway
-from tests.support.pg import create_database, drop_database, postgres_url, require_postgres
 
 HELLO = [{"role": "user", "content": "hello"}]
 MOCK_ONLY = {"providers": {"mock": {"kind": "mock"}},
@@ -37,19 +34,6 @@ SLACK_S = 0.03
 CONCURRENCY = 16
 LOAD_S = 2.0
 KILLS = 2
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def ledger_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'ledger.db'}"
-        return
-    require_postgres()
-    name = asyncio.run(create_database())
-    try:
-        yield postgres_url(name)
-    finally:
-        asyncio.run(drop_database(name))
 
 
 def _gateway(root: Path, ledger_url: str) -> GatewayInstance:

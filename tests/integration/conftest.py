@@ -1,4 +1,4 @@
-"""Ledger fixtures: every test using `ledger_url` or `ledger` runs on SQLite and on PostgreSQL."""
+"""Integration-wide ledger fixtures: every test using `ledger_url` or `ledger` runs on SQLite and on PostgreSQL."""
 
 from collections.abc import AsyncIterator
 
