@@ -7,8 +7,6 @@ huge value; an error event in the middle of a stream; a served `model` name made
 
 from __future__ import annotations
 
-import sqlite3
-import time
 from typing import Any
 
 import httpx
@@ -45,19 +43,6 @@ def _clean(text: str) -> None:
         assert secret not in text, f"{secret!r} leaked"
 
 
-def _envelope(gateway: GatewayInstance, rid: str) -> dict[str, Any]:
-    db = gateway.config_path.parent.parent / "ledger.db"
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline:
-        with sqlite3.connect(db) as conn:
-            conn.row_factory = sqlite3.Row
-            row = conn.execute("SELECT * FROM envelopes WHERE request_id = ?", (rid,)).fetchone()
-        if row is not None:
-            return dict(row)
-        time.sleep(0.05)
-    raise AssertionError(f"no envelope for {rid}")
-
-
 def _log_line(gateway: GatewayInstance, rid: str) -> str:
     gateway.wait_log(rid)
     (line,) = [ln for ln in gateway.process.output().splitlines() if f'"request_id":"{rid}"' in ln
@@ -82,7 +67,7 @@ def test_upstream_error_fields_are_scrubbed_and_bounded(gateway: GatewayInstance
     line = _log_line(gateway, rid)
     _clean(line)
     assert len(line) < 2_000
-    _clean(str(_envelope(gateway, rid)))
+    _clean(str(gateway.wait_envelope(rid)))
 
 
 @pytest.mark.parametrize("route", ["chat", "claude"])
@@ -125,5 +110,5 @@ def test_the_served_model_name_is_scrubbed_and_bounded(gateway: GatewayInstance,
     record = orjson.loads(line)
     assert record["model_served"].startswith("gpt-[redacted] [redacted]")
     assert len(record["model_served"]) <= UPSTREAM_FIELD_CHARS + SLACK
-    envelope = _envelope(gateway, rid)
+    envelope = gateway.wait_envelope(rid)
     assert envelope["model_served"] == record["model_served"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import sqlite3
 import sys
 import time
 from dataclasses import dataclass, field
@@ -72,6 +73,20 @@ class GatewayInstance:
                 return record
             time.sleep(0.05)
         raise AssertionError(f"no log line for {request_id}:\n{self.process.output()[-3000:]}")
+
+    def wait_envelope(self, request_id: str, timeout: float = 5.0) -> dict[str, Any]:
+        """A request's envelope in the default SQLite ledger (`../ledger.db` beside the config); the
+        writer inserts in batches, so poll."""
+        db = self.config_path.parent.parent / "ledger.db"
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with sqlite3.connect(db) as conn:
+                conn.row_factory = sqlite3.Row
+                row = conn.execute("SELECT * FROM envelopes WHERE request_id = ?", (request_id,)).fetchone()
+            if row is not None:
+                return dict(row)
+            time.sleep(0.05)
+        raise AssertionError(f"no envelope for {request_id}")
 
     def stop(self) -> None:
         self.process.stop()

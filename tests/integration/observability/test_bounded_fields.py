@@ -7,10 +7,7 @@ type. It still gets the proper 404/400, and the answer, the access log line, the
 
 from __future__ import annotations
 
-import sqlite3
-import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -46,19 +43,6 @@ def _line(gw: GatewayInstance, rid: str) -> str:
     return line
 
 
-def _envelope(gw: GatewayInstance, rid: str) -> dict[str, Any]:
-    db = Path(gw.config_path).parent.parent / "ledger.db"
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline:
-        with sqlite3.connect(db) as conn:
-            conn.row_factory = sqlite3.Row
-            row = conn.execute("SELECT * FROM envelopes WHERE request_id = ?", (rid,)).fetchone()
-        if row is not None:
-            return dict(row)
-        time.sleep(0.05)
-    raise AssertionError(f"no envelope for {rid}")
-
-
 @pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/embeddings"])
 def test_a_megabyte_model_name_is_a_small_404_and_a_small_log_line(gateway: GatewayInstance, path: str) -> None:
     with gateway.http() as http:
@@ -79,7 +63,7 @@ def test_a_long_feature_header_and_path_are_bounded(gateway: GatewayInstance) ->
                       headers={"x-request-id": "big-feature", "x-gateway-feature": "f" * 8_000})
         assert r.status_code == 200
         assert len(_line(gateway, "big-feature")) < SMALL_LINE
-        assert len(_envelope(gateway, "big-feature")["feature"]) <= CLIENT_VALUE_CHARS
+        assert len(gateway.wait_envelope("big-feature")["feature"]) <= CLIENT_VALUE_CHARS
         long_path = "/v1/" + "p" * 8_000
         r = http.get(long_path, headers={"x-request-id": "big-path"})
         assert r.status_code == 404 and len(r.content) < 1_000
