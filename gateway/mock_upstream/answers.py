@@ -17,6 +17,7 @@ from typing import Any
 
 import orjson
 
+from gateway.limits.completion import MAX_CHOICES
 from gateway.limits.tokens import count_messages, count_text, encoding_for_model
 from gateway.mock_upstream.anthropic_answers import anthropic_events, anthropic_message
 from gateway.mock_upstream.core import (
@@ -91,12 +92,9 @@ def _reply(body: dict[str, Any], model: str) -> tuple[Reply, int]:
     return _cached(digest, model, key)
 
 
-_MAX_CHOICES = 128
-
-
 def _n(body: Mapping[str, Any]) -> int:
     n = body.get("n")
-    return n if isinstance(n, int) and not isinstance(n, bool) and 1 <= n <= _MAX_CHOICES else 1
+    return n if isinstance(n, int) and not isinstance(n, bool) and 1 <= n <= MAX_CHOICES else 1
 
 
 def check_choices(body: Mapping[str, Any]) -> None:
@@ -110,8 +108,8 @@ def check_choices(body: Mapping[str, Any]) -> None:
         raise ValueError(f"Invalid type for 'n': expected an integer, but got {type(n).__name__} instead.")
     if n < 1:
         raise ValueError(f"Invalid 'n': integer below minimum value. Expected a value >= 1, but got {n} instead.")
-    if n > _MAX_CHOICES:
-        raise ValueError(f"Invalid 'n': integer above maximum value. Expected a value <= {_MAX_CHOICES}, "
+    if n > MAX_CHOICES:
+        raise ValueError(f"Invalid 'n': integer above maximum value. Expected a value <= {MAX_CHOICES}, "
                          f"but got {n} instead.")
 
 

@@ -16,7 +16,6 @@ from gateway.errors import BadRequest
 from gateway.http.validation import validate_chat, validate_embeddings
 from gateway.mock_upstream.core import Refused
 
-MAX_N = 128
 MAX_STOPS = 4
 _TOOL_CHOICES = ("none", "auto", "required")
 _ANTHROPIC_ROLES = ("user", "assistant")
@@ -37,10 +36,6 @@ def check_openai_chat(body: Mapping[str, Any], model_in_path: bool) -> None:
         validate_chat({**body, "model": "deployment"} if model_in_path else dict(body))
     except BadRequest as e:
         raise _refused(e) from None
-    n = body.get("n")
-    if n is not None and n > MAX_N:
-        raise Refused(f"Invalid 'n': integer above maximum value. Expected a value <= {MAX_N}, but got {n} instead.",
-                      param="n", code="integer_above_max_value")
     stop = body.get("stop")
     if stop is not None and not isinstance(stop, str) and not (
             isinstance(stop, list) and len(stop) <= MAX_STOPS and all(isinstance(s, str) for s in stop)):
