@@ -318,9 +318,13 @@ class Limits:
 
     async def _settle_all(self, hold: Hold, tokens: int, usd: int) -> None:
         """A networked store: each sunk reservation settled as spent, and the hold at (tokens, usd)."""
+        await self._settle_sunk(hold)
+        await self._settle(hold, tokens, usd)
+
+    async def _settle_sunk(self, hold: Hold) -> None:
+        """A networked store: each sunk reservation settled as spent, whole."""
         for sunk in hold.sunk:
             await self._settle(sunk, sunk.prompt_tokens + sunk.completion_tokens, sunk.usd_picousd)
-        await self._settle(hold, tokens, usd)
 
     async def again(self, hold: Hold | None) -> bool:
         """The attempt in progress timed out while its provider worked: the provider may bill it whole,
@@ -410,8 +414,7 @@ class Limits:
 
     async def _release_and_settle_sunk(self, hold: Hold) -> None:
         await self._release(hold)
-        for sunk in hold.sunk:
-            await self._settle(sunk, sunk.prompt_tokens + sunk.completion_tokens, sunk.usd_picousd)
+        await self._settle_sunk(hold)
 
     async def release(self, hold: Hold | None) -> None:
         if hold is None or hold.done:
