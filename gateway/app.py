@@ -88,7 +88,6 @@ def create_app(settings: Settings, *, configure_logging: bool = True) -> ASGIApp
             if logs:
                 logs.stop()
 
-    model_calls = {"/v1/chat/completions": openai_api.chat_completions, "/v1/embeddings": openai_api.embeddings}
     routes = [
         Route("/v1/models", openai_api.list_models, methods=["GET"]),
         Route("/v1/models/{model:path}", openai_api.retrieve_model, methods=["GET"]),
@@ -99,7 +98,7 @@ def create_app(settings: Settings, *, configure_logging: bool = True) -> ASGIApp
     ]
     app = Starlette(routes=routes, lifespan=lifespan, exception_handlers={
         GatewayError: _gateway_error, HTTPException: _http_exception, Exception: _unexpected})
-    return IngressMiddleware(Dispatcher(gateway, model_calls, app), gateway)
+    return IngressMiddleware(Dispatcher(gateway, openai_api.MODEL_CALLS, app), gateway)
 
 
 def app_from_env() -> ASGIApp:

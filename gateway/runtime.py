@@ -15,6 +15,7 @@ from gateway.malloc import trim_periodically
 from gateway.observability.logging import AccessLog, LogPipeline
 from gateway.observability.metrics import Metrics
 from gateway.observability.webhook import WebhookNotifier
+from gateway.pipeline.model_call import ModelCalls
 from gateway.pipeline.router import Router
 from gateway.providers.base import Provider
 from gateway.providers.registry import build_providers
@@ -74,6 +75,7 @@ class Gateway:
     access_log: AccessLog = field(default_factory=AccessLog)
     log_pipeline: LogPipeline | None = None
     deadlines: Deadlines = field(default_factory=Deadlines)
+    model_calls: ModelCalls = field(init=False)  # the model-call pipeline, built from the rest
     started_at: int = field(default_factory=lambda: int(time.time()))
     _tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
@@ -106,13 +108,14 @@ class Gateway:
         envelopes = EnvelopeWriter(ledger, settings.resolve_path(settings.storage.journal_dir),
                                    commit_interval_s=settings.storage.journal_commit_ms / 1000)
         limits = Limits(settings, state, metrics)
-        return cls(settings=settings, providers=providers, ledger=ledger, keys=keys,
-                   state=state, limits=limits, envelopes=envelopes,
-                   key_cache=KeyCache(keys, static=env_key_records(settings)), metrics=metrics, notifier=notifier,
-                   breakers=breakers, bulkheads=bulkheads,
-                   router=Router(providers, breakers, bulkheads, counter=limits.counter),
-                   ingress_caps=InFlightCaps(settings.server.max_in_flight),
-                   admin_caps=InFlightCaps(settings.server.admin_max_in_flight), tenant_caps=tenant_caps)
+        gateway = cls(settings=settings, providers=providers, ledger=ledger, keys=keys,
+                      state=state, limits=limits, envelopes=envelopes,
+                      key_cache=KeyCache(keys, static=env_key_records(settings)), metrics=metrics, notifier=notifier,
+                      breakers=breakers, bulkheads=bulkheads, router=Router(providers, breakers, bulkheads),
+                      ingress_caps=InFlightCaps(settings.server.max_in_flight),
+                      admin_caps=InFlightCaps(settings.server.admin_max_in_flight), tenant_caps=tenant_caps)
+        gateway.model_calls = ModelCalls(gateway)
+        return gateway
 
     def log_dropped(self) -> int:
         return self.log_pipeline.dropped if self.log_pipeline else 0

@@ -1,9 +1,11 @@
-"""The model endpoints' own lean path: exact-path dispatch to handlers that answer in plain ASGI.
+"""The model endpoints: exact-path dispatch of a POST to the model-call pipeline, answered in plain ASGI.
 
-Every request a tenant's application makes goes through here, so it skips what Starlette adds per
-request (route regexes, `Request`/`Response` objects, two layers of exception wrappers); errors
-still leave through the ingress's one mapping. Anything else (models list, admin, operations, 404s)
-goes on to the Starlette app.
+An endpoint is a path and the operation it runs (chat, embeddings): inbound in, the pipeline
+(gateway/pipeline/model_call.py), a JSON or SSE reply out. Every request a tenant's application
+makes goes through here, so it skips what Starlette adds per request (route regexes,
+`Request`/`Response` objects, two layers of exception wrappers); errors still leave through the
+ingress's one mapping. Anything else (models list, admin, operations, 404s) goes on to the
+Starlette app.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from gateway.errors import CLIENT_VALUE_CHARS, MethodNotAllowed
 from gateway.http.ingress import CALL_KEY
 from gateway.pipeline.context import Call
+from gateway.pipeline.stage import Operation
 from gateway.runtime import Gateway
 
 Reply = Callable[[Scope, Receive, Send], Awaitable[None]]
@@ -80,45 +83,18 @@ class Inbound:
         return b"".join(parts)
 
 
-Handler = Callable[[Inbound], Awaitable[Reply]]
-
-
-class JSONReply:
-    """A JSON answer; `after` runs once its last byte is sent (settlement), still inside the request,
-    and also when sending is cut short (the client left): the call was served all the same."""
-
-    __slots__ = ("after", "body", "headers", "status")
-
-    def __init__(self, body: bytes, headers: list[tuple[bytes, bytes]] | None = None, *, status: int = 200,
-                 after: Callable[[], Awaitable[None]] | None = None) -> None:
-        self.body, self.status, self.after = body, status, after
-        self.headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body)),
-                        *(headers or ())]
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if self.after is None:
-            await send({"type": "http.response.start", "status": self.status, "headers": self.headers})
-            await send({"type": "http.response.body", "body": self.body})
-            return
-        try:
-            await send({"type": "http.response.start", "status": self.status, "headers": self.headers})
-            await send({"type": "http.response.body", "body": self.body})
-        finally:
-            await self.after()
-
-
 class Dispatcher:
-    def __init__(self, gateway: Gateway, routes: Mapping[str, Handler], fallback: ASGIApp) -> None:
+    def __init__(self, gateway: Gateway, routes: Mapping[str, Operation], fallback: ASGIApp) -> None:
         self.gateway = gateway
         self.routes = routes
         self.fallback = fallback
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        handler = self.routes.get(scope["path"]) if scope["type"] == "http" else None
-        if handler is None:
+        operation = self.routes.get(scope["path"]) if scope["type"] == "http" else None
+        if operation is None:
             await self.fallback(scope, receive, send)
             return
         if scope["method"] != "POST":
             raise MethodNotAllowed(f"Method {scope['method'][:CLIENT_VALUE_CHARS]} is not allowed on {scope['path']}.")
-        reply = await handler(Inbound(scope, receive, self.gateway))
+        reply = await self.gateway.model_calls.run(Inbound(scope, receive, self.gateway), operation)
         await reply(scope, receive, send)

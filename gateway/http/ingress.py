@@ -1,8 +1,14 @@
-"""Ingress: request id, body size limit, the error boundary, and the one log line per request.
+"""Ingress: request id, body size limit, the error boundary, the clean-up, and the one log line per request.
 
 A plain ASGI middleware (no per-request Starlette objects). Every response leaves with an
 `x-request-id`; every `GatewayError` becomes an OpenAI error body; anything unexpected becomes
 a 500 in the same shape, logged with its traceback, never a dropped connection.
+
+When the request is over (its answer's last byte sent, or it failed, was cancelled, or its client
+left) the ingress runs the call's clean-up steps once (gateway/pipeline/cleanup.py), telling each
+how the call ended. Its own are the first registered, so they run last: the gateway's in-flight
+slot, then the record (cost, metrics, envelope, log line), which so sees everything settled. An
+error answer is sent after the clean-up: what the call held is free when the client hears of it.
 
 What reading a request may cost (head size and time, a declared body over the limit, a body's
 rate) is enforced by the HTTP protocol before a request gets here (`server_protocol.py`, which
@@ -22,6 +28,7 @@ from gateway.deadlines import Deadlines
 from gateway.errors import GatewayError, InternalError, Overloaded, PayloadTooLarge, error_response_parts
 from gateway.http.server_protocol import CALL_KEY, READ_REFUSED, ConnectionLimits
 from gateway.ids import request_id
+from gateway.pipeline.cleanup import CANCELLED, CLIENT_GONE, FAILED, SERVED, run_cleanups
 from gateway.pipeline.context import Call
 from gateway.pipeline.record import record_call
 from gateway.resilience.backoff import retry_after_headers
@@ -43,7 +50,17 @@ def _client_request_id(headers: list[tuple[bytes, bytes]]) -> str | None:
 
 
 def _is_operations(path: str) -> bool:
-    return path.startswith("/admin") or path in _QUIET_PATHS or path == "/dashboard"
+    return path.startswith("/admin") or path in _QUIET_PATHS
+
+
+def _ending(call: Call, watch: _DisconnectWatch, cancelled: bool) -> str:
+    if watch.disconnected:
+        return CLIENT_GONE
+    if cancelled:
+        return CANCELLED
+    if call.error_type is not None or not 200 <= call.status < 400:
+        return FAILED
+    return SERVED
 
 
 class IngressMiddleware:
@@ -84,9 +101,15 @@ class IngressMiddleware:
                 watch.response_complete = True
             await send(message)
 
+        path = scope["path"]
+        call.cleanups.append(self._record_quiet if path in _QUIET_PATHS else self._record)
         # Operations traffic has its own pool: a flood of model calls must not lock out operators.
-        caps = self.gateway.admin_caps if _is_operations(scope["path"]) else self.gateway.ingress_caps
+        operations = _is_operations(path)
+        caps = self.gateway.admin_caps if operations else self.gateway.ingress_caps
         admitted = caps.try_enter() == "ok"
+        if admitted:
+            call.cleanups.append(self._leave_admin if operations else self._leave)
+        cancelled = False
         try:
             if not admitted:
                 self.gateway.metrics.rejected.labels("gateway_in_flight").inc()
@@ -96,6 +119,7 @@ class IngressMiddleware:
             await self._error(exc, call, started, send)
         except asyncio.CancelledError:
             if not watch.disconnected:
+                cancelled = True
                 raise
             # Our own cancellation: the client left, and everything it started has been stopped.
             asyncio.current_task().uncancel()  # type: ignore[union-attr]
@@ -107,13 +131,22 @@ class IngressMiddleware:
             await self._error(InternalError("The gateway failed to process the request."), call, started, send)
         finally:
             watch.stop()
-            if admitted:
-                caps.leave()
-            for release in call.deferred:
-                release()
-            gw = self.gateway
-            record_call(call, gw.metrics, gw.access_log, gw.settings.pricing, gw.envelopes,
-                        quiet=scope["path"] in _QUIET_PATHS)
+            await run_cleanups(call, _ending(call, watch, cancelled))
+
+    # -- the ingress's own clean-up steps (gateway/pipeline/cleanup.py) --------------------------
+    def _leave(self, call: Call, ending: str) -> None:
+        self.gateway.ingress_caps.leave()
+
+    def _leave_admin(self, call: Call, ending: str) -> None:
+        self.gateway.admin_caps.leave()
+
+    def _record(self, call: Call, ending: str) -> None:
+        gw = self.gateway
+        record_call(call, gw.metrics, gw.access_log, gw.settings.pricing, gw.envelopes)
+
+    def _record_quiet(self, call: Call, ending: str) -> None:
+        gw = self.gateway
+        record_call(call, gw.metrics, gw.access_log, gw.settings.pricing, gw.envelopes, quiet=True)
 
     async def _error(self, exc: GatewayError, call: Call, started: bool, send: Send) -> None:
         call.error_type, call.error_code = type(exc).__name__, exc.error_code
@@ -123,6 +156,7 @@ class IngressMiddleware:
         headers += [(k, v) for k, v in call.extra_headers if k.decode() not in exc.headers]
         headers.append((b"content-length", b"%d" % len(body)))
         call.status = status
+        await run_cleanups(call, FAILED)
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
 

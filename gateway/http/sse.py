@@ -2,13 +2,13 @@
 
 When the client leaves, the ingress cancels the request's task; the `finally` here then closes
 the source at once, which closes the upstream connection, so a provider does not keep
-generating (and billing) for nobody. `after` runs once the response is over (its last byte
-sent, or the client gone): the place for accounting that must not hold the stream open.
+generating (and billing) for nobody. The accounting that must not hold the stream open runs
+in the call's clean-up steps, once the response is over (gateway/pipeline/cleanup.py).
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, Awaitable, Callable
+from collections.abc import AsyncGenerator
 
 from starlette.types import Receive, Scope, Send
 
@@ -20,11 +20,9 @@ SSE_HEADERS = [
 
 
 class SSEResponse:
-    def __init__(self, source: AsyncGenerator[bytes, None], headers: list[tuple[bytes, bytes]],
-                 after: Callable[[], Awaitable[None]] | None = None) -> None:
+    def __init__(self, source: AsyncGenerator[bytes, None], headers: list[tuple[bytes, bytes]]) -> None:
         self.source = source
         self.headers = SSE_HEADERS + headers
-        self.after = after
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
@@ -33,8 +31,4 @@ class SSEResponse:
                 await send({"type": "http.response.body", "body": b"data: " + payload + b"\n\n", "more_body": True})
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         finally:
-            try:
-                await self.source.aclose()
-            finally:
-                if self.after is not None:
-                    await self.after()
+            await self.source.aclose()

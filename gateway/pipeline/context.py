@@ -2,12 +2,19 @@
 
 A stage never reaches into another stage's internals; what it learns, it writes here. At the
 end the Call becomes the log line (and, with the ledger, the envelope).
+
+Two lists on it are the pipeline's own:
+- `cleanups`: what stages took and must give back, run once when the request is over, last
+  registered first, each told how the call ended (`gateway.pipeline.cleanup`);
+- `timings`: (stage, start, end) by the monotonic clock for each stage that ran, and each attempt
+  carries its own start and end, so spans can be built after the response without any stage
+  knowing about tracing.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,6 +33,9 @@ class Attempt:
     # Skipped without a network call: the target's breaker was open or its bulkhead full.
     skipped: bool = False
     waited_ms: float = 0.0  # backoff or retry-after wait before this attempt
+    # When the attempt started and ended, by the router's clock (monotonic); 0.0 until it did.
+    started: float = 0.0
+    ended: float = 0.0
 
     def as_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"provider": self.provider, "model": self.model, "status": self.status,
@@ -35,6 +45,10 @@ class Attempt:
         if self.waited_ms:
             out["waited_ms"] = round(self.waited_ms, 3)
         return out
+
+
+# A clean-up step: given the Call and how it ended; returns an awaitable when it has to wait.
+Cleanup = Callable[["Call", str], "Awaitable[None] | None"]
 
 
 @dataclass(slots=True)
@@ -76,8 +90,18 @@ class Call:
     linger_s: float = 0.0
     # Headers every response of this call carries, errors included (x-ratelimit-*).
     extra_headers: list[tuple[bytes, bytes]] = field(default_factory=list)
-    # Run by the ingress when the request is over (streams included): releases what stages took.
-    deferred: list[Callable[[], None]] = field(default_factory=list)
+    # Clean-up steps, run once by the ingress when the request is over (after the last byte of an
+    # answer, or on failure), last registered first: see gateway.pipeline.cleanup.
+    cleanups: list[Cleanup] = field(default_factory=list)
+    # How the call ended ("served", "failed", "cancelled", "client_gone"), set as the clean-up starts.
+    ending: str | None = None
+    # The stage that made the answer ("upstream", or one that answered early); None: no answer was made.
+    answered_by: str | None = None
+    # Called before another attempt when one timed out while its provider worked (set by the limits
+    # stage: that attempt's reservation is spent, a new one is made; False: no further attempt).
+    again: Callable[[], Awaitable[bool]] | None = None
+    # (stage name, start, end) by time.perf_counter for each stage that ran, in order.
+    timings: list[tuple[str, float, float]] = field(default_factory=list)
 
     @property
     def attempt_count(self) -> int:

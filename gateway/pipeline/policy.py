@@ -1,14 +1,19 @@
-"""policy: the model name a client sends -> a route, and whether this tenant may use it."""
+"""policy: the model name a client sends -> a route, whether this tenant may use it; and the
+route's own caps on what a call may ask for."""
 
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gateway.errors import CLIENT_VALUE_CHARS, ModelNotFound, PermissionDenied, bounded
 from gateway.limits.completion import cap_completion
 from gateway.pipeline.context import Call
+from gateway.pipeline.stage import ModelRequest, Operation, Stage, StageResult
 from gateway.settings import RouteSettings, Settings
+
+if TYPE_CHECKING:
+    from gateway.runtime import Gateway
 
 _authz_log = logging.getLogger("gateway.authz")
 
@@ -42,3 +47,43 @@ def apply_route_caps(body: dict[str, Any], route: RouteSettings) -> None:
     if cap is None:
         return
     cap_completion(body, cap)
+
+
+class ResolveRoute(Stage):
+    """The last stage before the route is known: the stages after it are built per route."""
+
+    name = "policy"
+    per_route = False
+
+    @classmethod
+    def build(cls, gateway: Gateway, route: RouteSettings | None, operation: Operation) -> Stage:
+        return cls(gateway)
+
+    def __init__(self, gateway: Gateway) -> None:
+        super().__init__(gateway)
+        self.settings = gateway.settings
+
+    def before(self, req: ModelRequest) -> StageResult:
+        call = req.call
+        req.route = resolve_route(self.settings, call, call.model_requested or "")
+        return None
+
+
+class RouteCaps(Stage):
+    """The route's max_tokens, on a completion; not built where the route sets none."""
+
+    name = "route_caps"
+
+    @classmethod
+    def build(cls, gateway: Gateway, route: RouteSettings | None, operation: Operation) -> Stage | None:
+        if not operation.completes or route is None or route.max_tokens is None:
+            return None
+        return cls(gateway, route.max_tokens)
+
+    def __init__(self, gateway: Gateway, cap: int) -> None:
+        super().__init__(gateway)
+        self.cap = cap
+
+    def before(self, req: ModelRequest) -> StageResult:
+        cap_completion(req.body, self.cap)
+        return None

@@ -40,7 +40,6 @@ from gateway.errors import (
     UpstreamUnavailable,
 )
 from gateway.limits.completion import capped_completion, choices
-from gateway.limits.offload import INLINE_MAX_BYTES, OffLoopCounter
 from gateway.limits.tokens import count_messages
 from gateway.pipeline.context import Attempt, Call
 from gateway.providers.base import ChatResult, ChatStream, EmbeddingsResult, Provider, Usage
@@ -105,10 +104,8 @@ class _State:
 
 class Router:
     def __init__(self, providers: dict[str, Provider], breakers: BreakerRegistry, bulkheads: dict[str, Bulkhead],
-                 rng: random.Random | None = None, clock: Callable[[], float] = time.perf_counter,
-                 counter: OffLoopCounter | None = None) -> None:
+                 rng: random.Random | None = None, clock: Callable[[], float] = time.perf_counter) -> None:
         self.providers = providers
-        self.counter = counter
         self.breakers = breakers
         self.bulkheads = bulkheads
         self.rng = rng or random.Random()
@@ -157,15 +154,12 @@ class Router:
         state = _State(deadline=call.started + route.deadline_s, attempts_left=1 + route.retries)
         budget = None
         if route.token_budget is not None and count_prompt:
-            # The limits stage's estimate when it ran (it counts tools, images, ... at the dearest
-            # target, a large prompt off the loop); the messages' text otherwise.
+            # The limits stage's estimate (it counts tools, images, ... at the dearest target, a large
+            # prompt off the loop): in the pipeline it always ran before; the messages' text when the
+            # router is used on its own.
             prompt = call.prompt_estimate
             if prompt is None:
-                messages = body.get("messages") or ()
-                if call.body_bytes <= INLINE_MAX_BYTES or self.counter is None:
-                    prompt = count_messages(messages, order[0].model)
-                else:  # a large prompt is counted off the loop (see limits/offload.py)
-                    prompt = await self.counter.run(count_messages, messages, order[0].model, lane=call.tenant)
+                prompt = count_messages(body.get("messages") or (), order[0].model)
             budget = _TokenBudget(total=route.token_budget, prompt=prompt, choices=choices(body))
         while state.attempts_left > 0:
             attempt_body = body if budget is None else budget.attempt_body(body, call.attempt_count)
@@ -180,11 +174,11 @@ class Router:
                 state.excluded.add(target.key)
                 call.attempts.append(Attempt(target.provider, target.model, error="BulkheadFull", skipped=True))
                 continue
-            record = Attempt(target.provider, target.model, waited_ms=waited * 1000)
+            started = self.clock()
+            record = Attempt(target.provider, target.model, waited_ms=waited * 1000, started=started)
             call.attempts.append(record)
             state.attempts_left -= 1
             state.tries[target.key] = state.tries.get(target.key, 0) + 1
-            started = self.clock()
             timeout = max(_MIN_ATTEMPT_S, min(route.attempt_timeout_s or provider.settings.timeout_s,
                                                state.deadline - started))
             try:
@@ -210,23 +204,27 @@ class Router:
                 # client's fault, no verdict on the target, nothing to retry.
                 permit.release()
                 record.error, record.status = type(e).__name__, e.status
-                record.latency_ms = (self.clock() - started) * 1000
+                self._ended(record)
                 raise
             except BaseException:
                 permit.release()  # cancelled (the client left) or a gateway bug: no verdict on the target
                 record.error = "Cancelled"
-                record.latency_ms = (self.clock() - started) * 1000
+                self._ended(record)
                 raise
             finally:
                 bulkhead.release()
             permit.success()
             record.status = 200
-            record.latency_ms = (self.clock() - started) * 1000
+            self._ended(record)
             if usage is not None:
                 record.tokens = usage.total_tokens
             call.provider, call.target_model = target.provider, target.model
             return result
         raise self._exhausted(call, route, state)
+
+    def _ended(self, record: Attempt) -> None:
+        record.ended = self.clock()
+        record.latency_ms = (record.ended - record.started) * 1000
 
     async def _pick(self, call: Call, order: list[TargetSettings],
                     state: _State) -> tuple[TargetSettings, Permit, float] | None:
@@ -262,7 +260,7 @@ class Router:
 
     def _failed(self, state: _State, route: RouteSettings, target: TargetSettings, permit: Permit,
                 record: Attempt, error: UpstreamError, started: float, budget: _TokenBudget | None) -> None:
-        now = self.clock()
+        now = record.ended = self.clock()
         record.status, record.error = error.status, type(error).__name__
         record.latency_ms = (now - started) * 1000
         state.last_error = error
