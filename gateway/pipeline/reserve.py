@@ -2,9 +2,10 @@
 it draws on (gateway/limits/stage.py does the work); its clean-up settles the reservation.
 
 How the clean-up settles, by how the call ended:
-- an answer was made (served, or cut short after it began): the usage the answer reported, or the
+- a provider answered (served, or cut short after it began): the usage the answer reported, or the
   whole reservation when none was reported (a stream cut short may have been billed for all it was
   allowed): see `Limits.settle`;
+- a stage answered early (no provider was called: a cache hit): released, nothing was billed;
 - the client left, or the server cancelled the request, while a provider was working on it: the
   provider may bill what it generated, so the reservation stands as spent, recorded against the
   target being called; between attempts nothing was being billed;
@@ -39,6 +40,8 @@ class Reserve(Stage):
     def _end(self, hold: Hold | None, call: Call, ending: str) -> Awaitable[None] | None:
         limits = self.gateway.limits
         if call.answered_by is not None:
+            if call.provider is None:  # answered before any provider was called
+                return limits.release(hold)
             return limits.settle(hold, call.usage, call.provider, call.target_model, call)
         if ending is CANCELLED or ending is CLIENT_GONE:
             attempt = call.attempts[-1] if call.attempts else None

@@ -104,8 +104,10 @@ class _State:
 
 class Router:
     def __init__(self, providers: dict[str, Provider], breakers: BreakerRegistry, bulkheads: dict[str, Bulkhead],
-                 rng: random.Random | None = None, clock: Callable[[], float] = time.perf_counter) -> None:
+                 rng: random.Random | None = None, clock: Callable[[], float] = time.perf_counter,
+                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
         self.providers = providers
+        self.sleep = sleep  # waits out a backoff; a test's sleep moves its clock instead
         self.breakers = breakers
         self.bulkheads = bulkheads
         self.rng = rng or random.Random()
@@ -255,7 +257,7 @@ class Router:
                 return target, permit, waited
             if earliest is None or earliest > state.deadline - _MIN_ATTEMPT_S:
                 return None
-            await asyncio.sleep(earliest - now)
+            await self.sleep(earliest - now)
             waited += earliest - now
 
     def _failed(self, state: _State, route: RouteSettings, target: TargetSettings, permit: Permit,
