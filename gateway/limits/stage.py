@@ -5,18 +5,19 @@ feature budgets and rate limits; the route's own budget), the prompt estimate pl
 completion (n choices x the larger completion field) and their price at the dearest target. If
 anything does not fit, the request is refused before any upstream call. After the call each
 counter is settled to the actual usage and the rest released; a reservation left by a crashed
-process expires. Because the provider is always sent completion fields no larger than what was
-reserved for each choice, no interleaving of requests can spend past a budget.
+process expires, and one a live call still needs is refreshed (limits/refresh.py). Because the
+provider is always sent completion fields no larger than what was reserved for each choice, no
+interleaving of requests can spend past a budget.
 
-A call may outlive `reservation_ttl_s` (a long stream, a slow upstream): its hold must not expire
-while it runs, or its room would be handed to others while it still spends. Live holds are kept
-in one insertion-ordered dict (a dict insert at reserve, a pop at settle: nothing per request
-beyond that), and one task (`refresh_live`) refreshes every hold older than a quarter of the ttl,
-each time the same quarter passes: a hold is refreshed when at most half its ttl has gone by.
-A crashed process refreshes nothing, so what it held still expires.
+How a reservation is held depends on the state store, and is chosen once, at construction
+(limits/reservations.py): the memory store's lanes (limits/local.py, synchronous, no ids) or a
+networked store's ids and scripts (limits/networked.py, shielded). This module reads the same for
+both. `settle_now`, `fail_now` and `release_now` do the work at once when nothing needs to
+suspend (they return None; no coroutine is made) and return an already-shielded awaitable
+otherwise; `settle`, `fail` and `release` are the same as coroutines.
 
-What a call is counted as having spent is worked out once, in `settle`, and written on the Call:
-the envelope (and so the cost report) records the very figures the counters got.
+What a call is counted as having spent is worked out once, in `settle_now`, and written on the
+Call: the envelope (and so the cost report) records the very figures the counters got.
 
 An attempt that timed out while its provider worked may be billed whole (the provider had the
 request; it does not know the gateway stopped waiting): its reservation stands as spent (`sunk`),
@@ -27,94 +28,27 @@ when no attempt answered.
 
 from __future__ import annotations
 
-import asyncio
-import logging
 import math
-import time
-from dataclasses import dataclass
+from collections.abc import Awaitable
 from typing import Any
 
-from gateway.errors import BadRequest, GatewayError, RateLimited, ServiceUnavailable
-from gateway.ids import random_hex
+from gateway.errors import BadRequest
 from gateway.limits.completion import choices, completion_cap, predicted_text
 from gateway.limits.estimate import estimate_embeddings, estimate_prompt
+from gateway.limits.hold import BILLED_FAILURES, Hold
 from gateway.limits.offload import INLINE_MAX_BYTES, EstimatorBusy, OffLoopCounter
-from gateway.limits.plan import GroupPlan, PlanCache
+from gateway.limits.plan import PlanCache
+from gateway.limits.refresh import Refresher
+from gateway.limits.refusal import InsufficientQuota, StateDown
+from gateway.limits.reservations import reservations_for
 from gateway.limits.tokens import count_text
 from gateway.observability.metrics import Metrics
 from gateway.pipeline.context import Call
 from gateway.providers.base import Usage
-from gateway.resilience.backoff import retry_after_headers
 from gateway.settings import RouteSettings, Settings
-from gateway.store.state.base import Bucket, Decision, StateStore, StateUnavailable
-from gateway.store.state.memory import Held, MemoryStateStore
+from gateway.store.state.base import StateStore
 
-_log = logging.getLogger("gateway.limits")
-
-# The refresh loop never wakes more often than this, whatever the ttl (a ttl that short could not
-# be kept anyway: it would expire holds between two turns of a busy event loop).
-_MIN_REFRESH_EVERY_S = 0.05
-
-
-# Attempts that failed in a way the provider may still bill whole: it had the request and was
-# working on it when the gateway stopped waiting (Attempt.error names).
-BILLED_FAILURES = ("UpstreamTimeout",)
-
-
-class InsufficientQuota(RateLimited):
-    type, code = "insufficient_quota", "insufficient_quota"
-
-
-class StateDown(ServiceUnavailable):
-    code = "limits_unavailable"
-
-
-# eq=False: a Hold is a key of the live holds (identity hash).
-@dataclass(slots=True, eq=False)
-class Hold:
-    """What one call reserved; settled or released exactly once."""
-
-    reservation_id: str  # "" when the store is in this process: it hands over the hold itself
-    groups: list[tuple[GroupPlan, tuple[Bucket, ...]]]  # what each group holds in a networked store
-    held: list[tuple[GroupPlan, Held]]  # what each group holds in the memory store
-    prompt_tokens: int
-    completion_tokens: int
-    usd_picousd: int
-    done: bool = False
-    # Earlier attempts' reservations, spent: each timed out while its provider worked (it may have
-    # billed them whole), and the next attempt reserved anew (`Limits.again`).
-    sunk: tuple[Hold, ...] = ()
-
-
-def _lane_headers(plan: GroupPlan, left: list[int], now: float) -> list[tuple[bytes, bytes]]:
-    """_ratelimit_headers for a hold on the plan's lane: `left` per counter, in order."""
-    out: list[tuple[bytes, bytes]] = []
-    ends = plan.lane.ends
-    for (limit_name, remaining_name, reset_name), indexes in plan.header_windows:
-        tight = indexes[0]
-        for i in indexes[1:]:
-            if left[i] < left[tight]:
-                tight = i
-        out += ((limit_name, plan.limit_values[tight]), (remaining_name, b"%d" % left[tight]),
-                (reset_name, b"%.3fs" % (ends[tight] - now)))
-    return out
-
-
-def _ratelimit_headers(decision: Decision, group: tuple[Bucket, ...], plan: GroupPlan) -> list[tuple[bytes, bytes]]:
-    """OpenAI's x-ratelimit-* headers from the tightest requests and tokens windows."""
-    remaining = decision.remaining
-    out: list[tuple[bytes, bytes]] = []
-    for (limit_name, remaining_name, reset_name), indexes in plan.header_windows:
-        tight = group[indexes[0]]
-        left = remaining.get(tight.name, tight.limit)
-        for i in indexes[1:]:
-            b = group[i]
-            b_left = remaining.get(b.name, b.limit)
-            if b_left < left:
-                tight, left = b, b_left
-        out += ((limit_name, b"%d" % tight.limit), (remaining_name, b"%d" % (left if left > 0 else 0)),
-                (reset_name, b"%.3fs" % decision.reset_s.get(tight.name, 60.0)))
-    return out
+__all__ = ["BILLED_FAILURES", "Hold", "InsufficientQuota", "Limits", "StateDown"]
 
 
 class Limits:
@@ -122,18 +56,15 @@ class Limits:
         self.settings = settings
         self.store = store
         self.metrics = metrics
-        self.policy = settings.limits.on_state_error
         self.plans = PlanCache(settings)
-        # The memory store is called directly: its holds need no ids, its calls no coroutines, and
-        # nothing it does suspends, so no cancellation can cut a settlement short (a networked store's
-        # calls are shielded).
-        self._local = store if isinstance(store, MemoryStateStore) else None
         # Read once: pydantic attribute access costs on every request.
-        self._ttl_s = settings.limits.reservation_ttl_s
         self._estimate_margin = settings.limits.estimate_margin
         self._pricing = settings.pricing
-        # Holds not yet settled -> when they were made or last refreshed (time.time()), oldest first.
+        # Holds not yet settled -> when they were made or last refreshed (time.time()), oldest first:
+        # the strategy enters a hold, settlement pops it, the refresher keeps the rest alive.
         self._live: dict[Hold, float] = {}
+        self._reservations = reservations_for(store, settings, self._live, metrics)
+        self._refresher = Refresher(self._live, self._reservations, settings.limits.reservation_ttl_s)
         self.counter = OffLoopCounter()
 
     def _completion_cap(self, body: dict[str, Any], needs_bound: bool, inline: bool) -> int:
@@ -196,87 +127,40 @@ class Limits:
             return None
         completion = self._completion_cap(body, plan.bounded, call.body_bytes <= INLINE_MAX_BYTES) \
             if call.kind == "chat" else 0
-        tokens = prompt + completion
-        usd = self._price_bound(plan.prices, prompt, completion)
-        local = self._local
-        hold = Hold("" if local is not None else random_hex(12), [], [], prompt, completion, usd)
-        if local is not None:
-            now = time.time()
-            for group_plan in plan.groups:
-                left: list[int] = []
-                held = local.hold_lane(group_plan.lane, group_plan.spent(tokens, usd), self._ttl_s, now, left)
-                if isinstance(held, Decision):
-                    await self.release(hold)
-                    raise self._refusal(held, group_plan.buckets(tokens, usd), group_plan)
-                hold.held.append((group_plan, held))
-                call.extra_headers += _lane_headers(group_plan, left, now)
-            self._live[hold] = now
-            return hold
-        for group_plan in plan.groups:
-            group = group_plan.buckets(tokens, usd)
-            try:
-                decision = await self.store.reserve(hold.reservation_id, group, self._ttl_s)
-            except StateUnavailable as e:
-                if self._unchecked_allowed(group, e):
-                    continue
-                await self.release(hold)
-                raise StateDown("Budgets cannot be checked right now (the state store is unreachable); retry shortly.",
-                                headers=retry_after_headers(1.0)) from None
-            if not decision.ok:
-                await self.release(hold)
-                raise self._refusal(decision, group, group_plan)
-            hold.groups.append((group_plan, group))
-            call.extra_headers += _ratelimit_headers(decision, group, group_plan)
-        if not hold.groups:
-            return None
-        self._live[hold] = time.time()
-        return hold
+        held = self._reservations.reserve(plan, prompt, completion, self._price_bound(plan.prices, prompt, completion),
+                                          call)
+        return held if isinstance(held, Hold) else await held
 
-    def _unchecked_allowed(self, group: tuple[Bucket, ...], error: StateUnavailable) -> bool:
-        has_budget = any(b.kind == "period" for b in group)
-        allowed = (not has_budget or self.policy.budgets == "open") and self.policy.rate_limits == "open"
-        self.metrics.state_errors.labels("open" if allowed else "closed").inc()
-        _log.error("state store unreachable; limits %s", "skipped (fail-open)" if allowed else "refused (fail-closed)",
-                   extra={"fields": {"error": str(error)[:300]}})
-        return allowed
-
-    def _refusal(self, decision: Decision, group: tuple[Bucket, ...], plan: GroupPlan) -> GatewayError:
-        failed = decision.failed
-        assert failed is not None
-        headers = retry_after_headers(decision.retry_after_s or 1.0)
-        headers.update((k.decode(), v.decode()) for k, v in _ratelimit_headers(decision, group, plan))
-        self.metrics.rejected.labels("budget" if failed.kind == "period" else "rate_limit").inc()
-        if failed.kind == "period":
-            return InsufficientQuota(
-                f"You exceeded your current quota ({failed.name}: {failed.limit}); it resets at the start of the next "
-                f"{failed.period} (UTC).", headers=headers)
-        return RateLimited(f"Rate limit reached for {failed.name}: limit {failed.limit}, requested {failed.amount}. "
-                           f"Please try again in {decision.retry_after_s or 1:.3g}s.", headers=headers)
-
-    async def settle(self, hold: Hold | None, usage: Usage | None, provider: str | None, model: str | None,
-                     call: Call | None = None) -> None:
+    def settle_now(self, hold: Hold | None, usage: Usage | None, provider: str | None, model: str | None,
+                   call: Call | None = None) -> Awaitable[None] | None:
         """Actual usage replaces the reservation; without reported usage the reservation stands as spent.
-        What was counted goes on `call` (its usage and cost, `settled`), for the envelope.
+        What was counted goes on `call` (its usage and cost, `settled`), for the envelope. At most once
+        per hold (later calls, and calls after `fail_now` or `release_now`, do nothing).
 
-        Shielded: a client that leaves at this moment cancels its request, but a settlement cut
-        short would let the reservation expire and the spend be forgotten."""
+        None when the counters were settled here and now (the memory store: no coroutine is made);
+        otherwise an awaitable, already shielded: the settlement runs to its end even if the caller
+        is cancelled while awaiting it (a client that leaves at this moment cancels its request, but
+        a settlement cut short would let the reservation expire and the spend be forgotten). The
+        Call's fields are set before either returns."""
         if hold is None or hold.done:
-            return
+            return None
         hold.done = True
         self._live.pop(hold, None)
         counted, usd, writes = self.settled(hold, usage, provider, model)
-        tokens = counted.prompt_tokens + counted.completion_tokens
         if call is not None:
             call.usage, call.cost_picousd, call.cache_write_picousd, call.settled = counted, usd, writes, True
         if hold.sunk:  # the call also spent what earlier attempts reserved (the counters get that apart)
             total, total_usd = self._sink(hold, counted, usd)
             if call is not None:
                 call.usage, call.cost_picousd = total, total_usd
-        if self._local is not None:
-            for group_plan, held in hold.held:
-                self._local.settle_held(held, group_plan.spent(tokens, usd))
-        else:
-            await asyncio.shield(self._settle_all(hold, tokens, usd) if hold.sunk else self._settle(hold, tokens, usd))
+        return self._reservations.settle(hold, counted.prompt_tokens + counted.completion_tokens, usd)
+
+    async def settle(self, hold: Hold | None, usage: Usage | None, provider: str | None, model: str | None,
+                     call: Call | None = None) -> None:
+        """`settle_now`, awaited."""
+        pending = self.settle_now(hold, usage, provider, model, call)
+        if pending is not None:
+            await pending
 
     def settled(self, hold: Hold, usage: Usage | None, provider: str | None, model: str | None
                 ) -> tuple[Usage, int, int]:
@@ -291,40 +175,19 @@ class Limits:
                                                 usage.cache_write_1h_tokens)
         return usage, rest + writes, writes
 
-    async def _settle(self, hold: Hold, actual_tokens: int, actual_usd: int) -> None:
-        for group_plan, group in hold.groups:
-            try:
-                await self.store.settle(hold.reservation_id, group, group_plan.actual(actual_tokens, actual_usd))
-            except StateUnavailable:
-                self.metrics.state_errors.labels("settle").inc()
-                _log.error("state store unreachable at settlement; the reservation will expire")
-
-    def _sink(self, hold: Hold, counted: Usage, usd: int) -> tuple[Usage, int]:
-        """The sunk reservations as spent: `counted` and `usd` with them added (not reported: no provider
-        said what the timed-out attempts cost). The memory store's counters are settled here; a
-        networked store's by `_settle_all`."""
+    @staticmethod
+    def _sink(hold: Hold, counted: Usage, usd: int) -> tuple[Usage, int]:
+        """What the call is recorded as having spent with its sunk reservations: `counted` and `usd` with
+        them added (not reported: no provider said what the timed-out attempts cost). The strategy
+        settles their counters (each whole) with the hold."""
         prompt, completion = counted.prompt_tokens, counted.completion_tokens
         for sunk in hold.sunk:
             sunk.done = True
             prompt += sunk.prompt_tokens
             completion += sunk.completion_tokens
             usd += sunk.usd_picousd
-            if self._local is not None:
-                tokens = sunk.prompt_tokens + sunk.completion_tokens
-                for group_plan, held in sunk.held:
-                    self._local.settle_held(held, group_plan.spent(tokens, sunk.usd_picousd))
         return Usage(prompt, completion, counted.cached_tokens, counted.cache_write_tokens,
                      counted.cache_write_1h_tokens, reported=False), usd
-
-    async def _settle_all(self, hold: Hold, tokens: int, usd: int) -> None:
-        """A networked store: each sunk reservation settled as spent, and the hold at (tokens, usd)."""
-        await self._settle_sunk(hold)
-        await self._settle(hold, tokens, usd)
-
-    async def _settle_sunk(self, hold: Hold) -> None:
-        """A networked store: each sunk reservation settled as spent, whole."""
-        for sunk in hold.sunk:
-            await self._settle(sunk, sunk.prompt_tokens + sunk.completion_tokens, sunk.usd_picousd)
 
     async def again(self, hold: Hold | None) -> bool:
         """The attempt in progress timed out while its provider worked: the provider may bill it whole,
@@ -334,150 +197,65 @@ class Limits:
         The sunk reservations are settled with the hold (`settle`, or `fail` when no attempt answered)."""
         if hold is None or hold.done:
             return True  # nothing reserved: nothing to protect
-        sunk = Hold(hold.reservation_id, hold.groups, hold.held, hold.prompt_tokens, hold.completion_tokens,
-                    hold.usd_picousd)
+        sunk = Hold(hold.reservation_id, hold.parts, hold.prompt_tokens, hold.completion_tokens, hold.usd_picousd)
         hold.sunk += (sunk,)  # refreshed with the hold (which keeps its place in the live holds) until settled
-        hold.reservation_id, hold.groups, hold.held = "" if self._local is not None else random_hex(12), [], []
-        tokens = hold.prompt_tokens + hold.completion_tokens
-        if self._local is not None:
-            now = time.time()
-            for group_plan, _ in sunk.held:
-                held = self._local.hold_lane(group_plan.lane, group_plan.spent(tokens, hold.usd_picousd),
-                                             self._ttl_s, now, [])
-                if isinstance(held, Decision):
-                    self._release_live(hold)
-                    return False
-                hold.held.append((group_plan, held))
-        else:
-            for group_plan, group in sunk.groups:
-                if not await asyncio.shield(self._hold_again(hold, group_plan, group)):
-                    # (a reserve that failed holds nothing; the ones before it are released)
-                    if not hold.done:
-                        await asyncio.shield(self._release(hold))
-                        hold.groups = []
-                    return False
-        return True
+        hold.parts = []
+        return await self._reservations.again(hold, sunk)
 
-    async def _hold_again(self, hold: Hold, group_plan: GroupPlan, group: tuple[Bucket, ...]) -> bool:
-        """One group's new reservation, put on the hold where its settlement or release finds it.
-        Shielded by the caller: when the call ended while it was on its way (the client left), what it
-        got is released here, as nothing else would (it would count until it expired)."""
-        rid = hold.reservation_id
-        try:
-            decision = await self.store.reserve(rid, group, self._ttl_s)
-        except StateUnavailable:
-            return False
-        if not decision.ok:
-            return False
-        if hold.done:
-            try:
-                await self.store.release(rid, group)
-            except StateUnavailable:
-                self.metrics.state_errors.labels("release").inc()
-            return False
-        hold.groups.append((group_plan, group))
-        return True
-
-    def _release_live(self, hold: Hold) -> None:
-        """The memory store: what `hold` holds now, released (its sunk reservations stay)."""
-        assert self._local is not None
-        for group_plan, held in hold.held:
-            self._local.settle_held(held, group_plan.nothing)
-        hold.held = []
-
-    async def fail(self, hold: Hold | None, call: Call) -> None:
+    def fail_now(self, hold: Hold | None, call: Call) -> Awaitable[None] | None:
         """No attempt answered. An attempt that timed out while its provider worked may be billed
         whole (BILLED_FAILURES): its reservation (sunk, or the one held now when the last attempt made
         timed out) stands as spent, and the call is recorded with it against the last target that
-        timed out. Without such an attempt, the hold is released: providers do not bill failures."""
+        timed out. Without such an attempt, the hold is released: providers do not bill failures.
+
+        Returns like `settle_now`: None when done here and now, else an already-shielded awaitable."""
         if hold is not None and hold.done:
-            return
+            return None
         timed_out = [a for a in call.attempts if not a.skipped and a.error in BILLED_FAILURES]
         if not timed_out:
-            await self.release(hold)
-            return
+            return self.release_now(hold)
         call.provider, call.target_model = timed_out[-1].provider, timed_out[-1].model
         if hold is None:  # nothing reserved: the record is the best estimate, each attempt's prompt
             call.usage = Usage(prompt_tokens=(call.prompt_estimate or 0) * len(timed_out))
-            return
+            return None
         if len(timed_out) > len(hold.sunk):  # the reservation held now was the last timed-out attempt's
-            await self.settle(hold, None, call.provider, call.target_model, call)
-            return
+            return self.settle_now(hold, None, call.provider, call.target_model, call)
         hold.done = True
         self._live.pop(hold, None)
         counted, usd = self._sink(hold, Usage(reported=True), 0)
         call.usage, call.cost_picousd, call.cache_write_picousd, call.settled = counted, usd, 0, True
-        if self._local is not None:
-            self._release_live(hold)
-        else:
-            await asyncio.shield(self._release_and_settle_sunk(hold))
+        return self._reservations.release(hold)  # (which settles the sunk reservations whole)
 
-    async def _release_and_settle_sunk(self, hold: Hold) -> None:
-        await self._release(hold)
-        await self._settle_sunk(hold)
+    async def fail(self, hold: Hold | None, call: Call) -> None:
+        """`fail_now`, awaited."""
+        pending = self.fail_now(hold, call)
+        if pending is not None:
+            await pending
 
-    async def release(self, hold: Hold | None) -> None:
+    def release_now(self, hold: Hold | None) -> Awaitable[None] | None:
+        """Nothing was spent on the hold's current reservation: it is given back. Sunk reservations
+        (attempts that timed out) stand as spent, so they are settled whole. At most once per hold.
+        Returns like `settle_now`: None when done here and now, else an already-shielded awaitable."""
         if hold is None or hold.done:
-            return
+            return None
         hold.done = True
         self._live.pop(hold, None)
-        if self._local is not None:
-            for group_plan, held in hold.held:
-                self._local.settle_held(held, group_plan.nothing)
-        else:
-            await asyncio.shield(self._release(hold))
+        for sunk in hold.sunk:
+            sunk.done = True
+        return self._reservations.release(hold)
 
-    async def _release(self, hold: Hold) -> None:
-        for _, group in hold.groups:
-            try:
-                await self.store.release(hold.reservation_id, group)
-            except StateUnavailable:
-                self.metrics.state_errors.labels("release").inc()
+    async def release(self, hold: Hold | None) -> None:
+        """`release_now`, awaited."""
+        pending = self.release_now(hold)
+        if pending is not None:
+            await pending
 
-    # -- live holds outlive the reservation ttl -------------------------------------------------
+    # -- live holds outlive the reservation ttl (limits/refresh.py) --------------------------------
 
     async def refresh_live(self) -> None:
         """Run for the gateway's life: every quarter of the ttl, refresh the holds at least that old."""
-        every = max(self._ttl_s / 4, _MIN_REFRESH_EVERY_S)
-        while True:
-            await asyncio.sleep(every)
-            try:
-                await self.refresh_due(time.time())
-            except Exception:  # a background loop's boundary: one bad pass must not end the refreshing
-                _log.exception("refreshing live reservations failed")
+        await self._refresher.run()
 
     async def refresh_due(self, now: float) -> int:
         """Refresh every live hold made or last refreshed a quarter of the ttl ago or more; how many."""
-        live, ttl = self._live, self._ttl_s
-        before = now - ttl / 4
-        due: list[Hold] = []
-        for hold, at in live.items():
-            if at > before:
-                break  # the rest are younger
-            due.append(hold)
-        for hold in due:  # to the back of the line first: a settle during an await below pops it
-            del live[hold]
-            live[hold] = now
-        local = self._local
-        failed: StateUnavailable | None = None
-        for hold in due:
-            if local is not None:
-                for _, held in hold.held:
-                    local.refresh_held(held, ttl, now)
-                for sunk in hold.sunk:
-                    for _, held in sunk.held:
-                        local.refresh_held(held, ttl, now)
-                continue
-            for part in (hold, *hold.sunk) if hold.sunk else (hold,):
-                for _, group in part.groups:
-                    if hold.done:
-                        break
-                    try:
-                        await self.store.refresh(part.reservation_id, group, ttl, now)
-                    except StateUnavailable as e:
-                        self.metrics.state_errors.labels("refresh").inc()
-                        failed = e
-        if failed is not None:  # one line a pass, however many holds it could not refresh
-            _log.error("state store unreachable; live reservations were not refreshed (they expire if it stays so)",
-                       extra={"fields": {"error": str(failed)[:300]}})
-        return len(due)
+        return await self._refresher.refresh_due(now)
