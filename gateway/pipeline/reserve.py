@@ -41,13 +41,13 @@ class Reserve(Stage):
         limits = self.gateway.limits
         if call.answered_by is not None:
             if call.provider is None:  # answered before any provider was called
-                return limits.release(hold)
-            return limits.settle(hold, call.usage, call.provider, call.target_model, call)
+                return limits.release_now(hold)
+            return limits.settle_now(hold, call.usage, call.provider, call.target_model, call)
         if ending is CANCELLED or ending is CLIENT_GONE:
             attempt = call.attempts[-1] if call.attempts else None
             if attempt is not None and not attempt.skipped and attempt.error == "Cancelled":
                 call.provider, call.target_model = attempt.provider, attempt.model
                 call.usage = Usage(prompt_tokens=call.prompt_estimate or 0)
-                return limits.settle(hold, None, call.provider, call.target_model, call)
+                return limits.settle_now(hold, None, call.provider, call.target_model, call)
         # (what earlier attempts that timed out reserved is spent: see Limits.fail)
-        return limits.fail(hold, call)
+        return limits.fail_now(hold, call)

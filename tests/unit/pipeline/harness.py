@@ -160,7 +160,8 @@ def write_config(root: Path, *, config: dict[str, Any] | None = None, tenant: di
             doc[key] = value
     (root / "config" / "gateway.yaml").write_text(yaml.safe_dump(doc))
     (root / "config" / "pricing.yaml").write_text(yaml.safe_dump({"prices": {
-        "a/m1": {"input": "1", "output": "2"}, "b/m1": {"input": "1", "output": "2"}, "a/e1": {"input": "1", "output": "0"}}}))
+        "a/m1": {"input": "1", "output": "2"}, "b/m1": {"input": "1", "output": "2"},
+        "a/e1": {"input": "1", "output": "0"}}}))
     acme = {"api_keys": ["${ACME_API_KEY}"], "budgets": {"tokens_per_day": 10**6}, **(tenant or {})}
     (root / "policies" / "tenants.yaml").write_text(yaml.safe_dump({"tenants": {"acme": acme}}))
     return root / "config" / "gateway.yaml"

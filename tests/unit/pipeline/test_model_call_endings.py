@@ -40,7 +40,7 @@ def _assert_nothing_held(h: Harness, envelopes: int) -> None:
     gw = h.gateway
     assert gw.ingress_caps.in_flight == 0
     assert gw.tenant_caps.in_flight == 0
-    assert not gw.limits._live  # noqa: SLF001 - no hold left to refresh for ever
+    assert not gw.limits._live
     assert len(h.envelopes) == envelopes
 
 

@@ -82,7 +82,7 @@ async def test_an_early_answer_skips_the_rest_and_releases_the_reservation(tmp_p
             + " [marked]"
         assert [name for name, _, _ in reply.call.timings][-1] == "canned"
         assert (await h.counted())["tokens_per_day"] == 0  # no provider billed it
-        assert not h.gateway.limits._live  # noqa: SLF001
+        assert not h.gateway.limits._live
         assert h.gateway.tenant_caps.in_flight == 0
 
 
