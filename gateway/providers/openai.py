@@ -80,7 +80,7 @@ class OpenAIStreamTranslator:
                 at = data.find(b'"finish_reason"', at)
         has_usage = False
         at = data.find(b'"usage"')
-        while at >= 0:  # a content of exactly "usage" comes before the key
+        while at >= 0:  # a string "usage" (a content of that one word) may come before the key
             at += 7
             after = data[at:at + 2]
             if after == b":n":  # the key itself, null
