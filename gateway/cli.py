@@ -118,7 +118,7 @@ def serve(config_path: str | None, host: str | None, port: int | None, workers: 
     import uvicorn
 
     from gateway.app import create_app
-    from gateway.http.server_protocol import GatewayHttpToolsProtocol
+    from gateway.http.server_protocol import http_protocol
 
     settings = _settings(config_path)
     host = host or settings.server.host
@@ -146,7 +146,7 @@ def serve(config_path: str | None, host: str | None, port: int | None, workers: 
         sys.stdout.flush()
 
     common: dict[str, Any] = dict(log_config=None, access_log=False, lifespan="on", loop="uvloop",
-                                  http=GatewayHttpToolsProtocol, timeout_graceful_shutdown=10, server_header=False,
+                                  http=http_protocol(), timeout_graceful_shutdown=10, server_header=False,
                                   # Nothing reads the client address; uvicorn's X-Forwarded-* layer would wrap
                                   # every request for it.
                                   proxy_headers=False, ws="none",

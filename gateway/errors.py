@@ -145,10 +145,6 @@ class PayloadTooLarge(GatewayError):
     status, type, code = 413, "invalid_request_error", "request_too_large"
 
 
-class UnsupportedMediaType(GatewayError):
-    status, type, code = 415, "invalid_request_error", "unsupported_media_type"
-
-
 class HeaderFieldsTooLarge(GatewayError):
     status, type, code = 431, "invalid_request_error", "request_header_fields_too_large"
 

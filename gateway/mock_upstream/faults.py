@@ -26,7 +26,9 @@ _HEADER_KEYS = {"x-mock-status": "status", "x-mock-retry-after": "retry_after",
 # What an error says (a status fault's body, a stream's error event) and the model an answer names:
 # directive-only, so tests can make the mock say what a hostile or broken provider might.
 _TEXT_KEYS = ("message", "param", "code", "model")
-_DIRECTIVE_KEYS = frozenset((*_HEADER_KEYS.values(), *_TEXT_KEYS))
+# `"json": "pretty"`: the answer's JSON spaced as Jackson's pretty printer spaces it (`"key" : value`,
+# one key a line, a stream's chunk over several `data:` lines), as some OpenAI-compatible servers send it.
+_DIRECTIVE_KEYS = frozenset((*_HEADER_KEYS.values(), *_TEXT_KEYS, "json"))
 _SIMPLE: dict[str, FaultKind] = {"hang": "hang", "reset": "reset", "malformed": "malformed"}
 _decoder = json.JSONDecoder()
 # Longest wait a request or the config may ask for (ms; a retry-after in s): beyond it, use the hang fault.
@@ -79,10 +81,11 @@ class Fault:
     param: str | None = None
     code: str | None = None
     model: str | None = None
+    pretty: bool = False  # set by a directive: the answer's JSON pretty-printed
 
     def describe(self) -> dict[str, Any] | None:
         """What the request log shows; None when the request was served untouched."""
-        if self.kind is None and not self.latency_ms and not self.chunk_delay_ms:
+        if self.kind is None and not self.latency_ms and not self.chunk_delay_ms and not self.pretty:
             return None
         return {k: v for k, v in asdict(self).items() if v is not None and v != 0.0}
 
@@ -132,9 +135,13 @@ def _text(over: Mapping[str, Any], key: str, default: str | None) -> str | None:
 
 
 def _with_texts(fault: Fault, over: Mapping[str, Any]) -> Fault:
-    """`fault` saying what the request asked it to say (what it does not mention is kept)."""
+    """`fault` saying what the request asked it to say, and how (what it does not mention is kept)."""
+    style = _text(over, "json", None)
+    if style not in (None, "pretty", "compact"):
+        raise DirectiveError(f"json must be pretty or compact, got {style!r}")
     return replace(fault, message=_text(over, "message", fault.message), param=_text(over, "param", fault.param),
-                   code=_text(over, "code", fault.code), model=_text(over, "model", fault.model))
+                   code=_text(over, "code", fault.code), model=_text(over, "model", fault.model),
+                   pretty=fault.pretty if style is None else style == "pretty")
 
 
 def _forced(over: Mapping[str, Any], source: str, cfg: FaultConfig, base: Fault) -> Fault:
@@ -216,5 +223,5 @@ class FaultInjector:
             fault = _forced(directive, "directive", self.config, fault)
         if fault.kind in ("cut", "error_event") and not stream:
             # Only a stream can be cut between events; a plain answer is served whole.
-            return Fault(latency_ms=fault.latency_ms, source=fault.source, model=fault.model)
+            return Fault(latency_ms=fault.latency_ms, source=fault.source, model=fault.model, pretty=fault.pretty)
         return fault

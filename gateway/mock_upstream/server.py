@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import json
 import time
 from collections.abc import Mapping
 from typing import Any, Literal
@@ -102,24 +103,35 @@ def _sse(api: Api, events: list[bytes], tail: bytes, fault: Fault, headers: dict
     return EventStreamResponse(events, tail, cut_after=cut, delay_s=delay, headers=headers)
 
 
+def _pretty(obj: Any) -> bytes:
+    """JSON as Jackson's default pretty printer writes it: `"key" : value`, one key a line."""
+    return json.dumps(obj, indent=2, separators=(",", " : "), ensure_ascii=False).encode()
+
+
+def _data(payload: bytes) -> bytes:
+    """An SSE `data:` field; a payload of several lines takes one `data:` line each."""
+    return b"".join(b"data: " + line + b"\n" for line in payload.split(b"\n"))
+
+
 def _answer(api: Api, kind: Kind, body: dict[str, Any], model: str, dims: int, fault: Fault,
             headers: dict[str, str]) -> Response:
+    dumps = _pretty if fault.pretty else orjson.dumps
     stream = body.get("stream") is True and kind != "embeddings"
     if stream and kind == "messages":
-        encoded = [b"event: " + name.encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n"
+        encoded = [b"event: " + name.encode() + b"\n" + _data(dumps(data)) + b"\n"
                    for name, data in anthropic_events(body, model=model)]
         return _sse(api, encoded[:-1], encoded[-1], fault, headers)
     if stream:
         options = body.get("stream_options")
         usage = isinstance(options, dict) and options.get("include_usage") is True
-        chunks = [b"data: " + orjson.dumps(c) + b"\n\n" for c in chat_chunks(body, model=model, include_usage=usage)]
+        chunks = [_data(dumps(c)) + b"\n" for c in chat_chunks(body, model=model, include_usage=usage)]
         return _sse(api, chunks, b"data: [DONE]\n\n", fault, headers)
     if kind == "messages":
-        raw = orjson.dumps(anthropic_message(body, model=model))
+        raw = dumps(anthropic_message(body, model=model))
     elif kind == "chat":
-        raw = orjson.dumps(chat_completion(body, model=model))
+        raw = dumps(chat_completion(body, model=model))
     else:
-        raw = orjson.dumps(embeddings_response(body, model=model, dims=dims))
+        raw = dumps(embeddings_response(body, model=model, dims=dims))
     if fault.kind == "malformed":
         raw = raw[: len(raw) // 2]
     return Response(raw, headers=headers, media_type="application/json")

@@ -114,7 +114,13 @@ class HttpProvider(Provider):
 
     async def _relay(self, resp: Response, translator: StreamTranslator,
                      idle_timeout_s: float) -> AsyncGenerator[bytes, None]:
-        """Server-sent events from the upstream -> OpenAI chunk payloads."""
+        """Server-sent events from the upstream -> OpenAI chunk payloads.
+
+        The lines of a multi-line `data:` field (a server that pretty-prints its JSON) are joined by
+        a space where the SSE spec joins them by a newline: every payload here is JSON, where both
+        are the same whitespace, and a chunk relayed as it came then stays one `data:` line for
+        the client (a newline in it would end the client's field early).
+        """
         event: str | None = None
         data: list[bytes] = []
         complete = False
@@ -149,14 +155,14 @@ class HttpProvider(Provider):
                                 event = line[6:].strip().decode("utf-8", "replace")
                             continue  # comments (":"), id: and retry: lines carry nothing for us
                         if data:
-                            for out in translator.feed(event, b"\n".join(data)):
+                            for out in translator.feed(event, b" ".join(data)):
                                 yield out
                         event, data = None, []
                 line = b"".join(pending).rstrip(b"\r")
                 if line.startswith(b"data:"):
                     data.append(line[6:] if line[5:6] == b" " else line[5:])
                 if data:
-                    for out in translator.feed(event, b"\n".join(data)):
+                    for out in translator.feed(event, b" ".join(data)):
                         yield out
                 if translator.finish_reason is None:
                     raise UpstreamBadResponse(f"provider '{self.name}' ended the stream before it finished")

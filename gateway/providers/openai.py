@@ -7,6 +7,7 @@ where a chunk carries usage, a finish reason or the served model.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import orjson
@@ -37,8 +38,22 @@ def stream_error(err: Any) -> UpstreamError:
     return UpstreamError(scrub(f"the provider failed mid-stream: {text}"))
 
 
+# What follows a key when its value may matter, in any JSON spacing: the compact `"key":v` is
+# checked by a two-byte compare, these only run for a server that spaces its JSON otherwise.
+_SPACED_STRING = re.compile(rb"\s*:\s*\"")
+_SPACED_OBJECT = re.compile(rb"\s*:\s*\{")
+_SPACED_ERROR = re.compile(rb"\s*\{\s*\"error\"\s*:")
+
+
 class OpenAIStreamTranslator:
-    """Relays OpenAI chunks unchanged, looking inside only the few that matter."""
+    """Relays OpenAI chunks unchanged, looking inside only the few that matter.
+
+    A chunk is parsed only when it may carry a finish reason (`"finish_reason"` with a string
+    value), usage (`"usage"` with an object value) or an error, or is the first (the served
+    model). Those are found by their keys and the byte after the colon, whatever whitespace the
+    server puts around it (compact, `"key": v`, `"key" : v`, one key a line): a server that spaces
+    its JSON otherwise than OpenAI must not end every stream as unfinished or go unbilled.
+    """
 
     __slots__ = ("finish_reason", "include_usage", "served_model", "usage")
 
@@ -51,12 +66,32 @@ class OpenAIStreamTranslator:
     def feed(self, event: str | None, data: bytes) -> list[bytes]:
         if data == b"[DONE]" or not data:
             return []
-        # Substring checks first: most chunks are plain deltas and need no parse at all.
-        has_usage = b'"usage":{' in data or b'"usage": {' in data
-        has_finish = self.finish_reason is None and (b'"finish_reason":"' in data or b'"finish_reason": "' in data)
+        # Most chunks are plain deltas with `"finish_reason":null` (and `"usage":null` when usage
+        # was asked for): one find per key and a two-byte compare tell them apart, no parse.
+        has_finish = False
+        if self.finish_reason is None:
+            at = data.find(b'"finish_reason"')
+            while at >= 0:  # one per choice in the chunk
+                at += 15
+                after = data[at:at + 2]
+                if after == b':"' or (after != b":n" and _SPACED_STRING.match(data, at) is not None):
+                    has_finish = True
+                    break
+                at = data.find(b'"finish_reason"', at)
+        has_usage = False
+        at = data.find(b'"usage"')
+        while at >= 0:  # a string "usage" (a content of that one word) may come before the key
+            at += 7
+            after = data[at:at + 2]
+            if after == b":n":  # the key itself, null
+                break
+            if after == b":{" or _SPACED_OBJECT.match(data, at) is not None:
+                has_usage = True
+                break
+            at = data.find(b'"usage"', at)
         # An OpenAI-compatible server reports a failure after its 200 as an event `{"error": {...}}`:
         # it is not relayed as it came (it may quote credentials), it ends the stream as a failure.
-        is_error = b'"error"' in data[:16]
+        is_error = b'"error"' in data[:16] or (data[1:2] != b'"' and _SPACED_ERROR.match(data) is not None)
         if self.served_model is None or has_usage or has_finish or is_error:
             try:
                 chunk = orjson.loads(data)

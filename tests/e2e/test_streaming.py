@@ -100,3 +100,26 @@ def test_client_disconnect_cancels_the_upstream_call(gateway: GatewayInstance, u
     assert record["client_disconnected"] is True and record["status"] == 499
     # the gateway noticed at once, not at the provider's 5 s timeout
     assert record["latency_ms"] < 3000 and time.monotonic() - started < 4
+
+
+@pytest.mark.parametrize("route", ["chat", "azure", "claude"])
+@pytest.mark.parametrize("style", ["compact", "pretty"])
+def test_a_provider_that_pretty_prints_its_json_streams_like_one_that_does_not(
+        gateway: GatewayInstance, route: str, style: str) -> None:
+    # `"finish_reason" : "stop"`, one key a `data:` line, as Jackson's pretty printer writes it: read
+    # by fixed-spacing substrings, every such stream ended as unfinished and its usage went unread.
+    content = f'hello there #mock{{"json": "{style}"}}'
+    messages = [{"role": "user", "content": content}]
+    plain = gateway.client().chat.completions.create(model=route, messages=messages)
+    assert plain.choices[0].message.content == "Mock answer to: " + content and plain.usage is not None
+    stream = gateway.client().chat.completions.with_raw_response.create(
+        model=route, messages=messages, stream=True, stream_options={"include_usage": True})
+    chunks = list(stream.parse())
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == plain.choices[0].message.content
+    assert [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason] == ["stop"]
+    usage = chunks[-1].usage
+    assert usage is not None and (usage.prompt_tokens, usage.completion_tokens) == \
+        (plain.usage.prompt_tokens, plain.usage.completion_tokens)
+    record = gateway.wait_log(stream.headers["x-request-id"])
+    assert (record["status"], record["finish_reason"], record["usage_reported"], record["completion_tokens"],
+            record["model_served"]) == (200, "stop", True, usage.completion_tokens, plain.model)

@@ -60,10 +60,6 @@ class StateUnavailable(Exception):
 
 
 class StateStore(Protocol):
-    # True when no method ever suspends (the store lives in this process): each call is atomic
-    # with respect to the event loop and cannot be cut short by a cancellation.
-    in_process: bool
-
     async def reserve(
         self, reservation_id: str, buckets: Sequence[Bucket], ttl_s: float, now: float | None = None
     ) -> Decision:

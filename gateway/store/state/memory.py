@@ -103,7 +103,6 @@ Held = _Record  # what `hold_lane` hands its caller
 class MemoryStateStore:
     __slots__ = ("_counters", "_done", "_due", "_gc", "_grace", "_holding", "_layout", "_records", "_seq",
                  "_unordered", "done_ttl_s", "settle_grace_s")
-    in_process = True
 
     def __init__(
         self, *, settle_grace_s: float = DEFAULT_SETTLE_GRACE_S, done_ttl_s: float = MEMORY_DONE_TTL_S

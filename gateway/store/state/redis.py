@@ -394,7 +394,6 @@ _SEED_ROUNDS = 3
 class RedisStateStore:
     __slots__ = ("_client", "_refresh", "_reserve", "_seed", "_settle", "_usage", "done_ttl_s", "prefix", "seeder",
                  "settle_grace_s")
-    in_process = False
 
     def __init__(
         self,

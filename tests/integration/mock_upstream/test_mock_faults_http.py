@@ -123,6 +123,20 @@ def test_malformed_bodies(http: httpx.Client) -> None:
         [orjson.loads(p) for p in _sse_payloads(messages.text)]
 
 
+def test_pretty_json_by_directive_is_what_the_sdks_read(mock: RunningProcess, http: httpx.Client) -> None:
+    pretty = _directive('{"json": "pretty"}')
+    out = http.post(CHAT, json={"model": "gpt-4o", "messages": pretty, "stream": True})
+    assert '"finish_reason" : "stop"' in out.text and "\ndata:   " in out.text  # one key a data: line
+    client = openai.OpenAI(base_url=mock.url + "/v1", api_key="x", max_retries=0)
+    chunks = list(client.chat.completions.create(model="gpt-4o", messages=pretty, stream=True))
+    assert chunks[-1].choices[0].finish_reason == "stop"
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == \
+        client.chat.completions.create(model="gpt-4o", messages=pretty).choices[0].message.content
+    claude = anthropic.Anthropic(base_url=mock.url, api_key="x", max_retries=0)
+    with claude.messages.stream(model="claude-haiku-4-5", max_tokens=50, messages=pretty) as stream:
+        assert stream.get_final_message().stop_reason == "end_turn"
+
+
 def test_stream_cut_after_n_chunks(http: httpx.Client) -> None:
     received = []
     with pytest.raises(httpx.RemoteProtocolError):  # the error comes while reading

@@ -12,13 +12,8 @@ import pytest
 from uvicorn.config import Config
 from uvicorn.server import ServerState
 
-from gateway.http.server_protocol import (
-    LINGER_S,
-    MAX_PIPELINED,
-    READ_REFUSED,
-    ConnectionLimits,
-    GatewayHttpToolsProtocol,
-)
+from gateway.http.server_protocol import READ_REFUSED, ConnectionLimits
+from gateway.http.uvicorn_protocol import LINGER_S, MAX_PIPELINED, GatewayHttpToolsProtocol
 
 LIMITS = dict(max_head_bytes=4096, max_headers=20, head_timeout_s=10.0, body_timeout_s=20.0,
               min_body_rate_bytes_s=1000, max_body_bytes=100_000)

@@ -7,7 +7,7 @@ import pytest
 from uvicorn.protocols.http.flow_control import FlowControl
 from uvicorn.protocols.http.httptools_impl import RequestResponseCycle
 
-from gateway.http.server_protocol import _HeadJoiningTransport, _LeanCycle
+from gateway.http.uvicorn_protocol import _HeadJoiningTransport, _LeanCycle
 
 
 class RecordingTransport:

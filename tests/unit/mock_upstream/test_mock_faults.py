@@ -130,6 +130,18 @@ def test_directive_wins_over_headers_and_is_validated() -> None:
         injector.decide({"x-mock-status": "abc"}, None, stream=False)
 
 
+def test_a_directive_asks_for_pretty_json_with_or_without_a_fault() -> None:
+    injector = FaultInjector(FaultConfig())
+    pretty = injector.decide({}, _openai('#mock{"json": "pretty"}'), stream=True)
+    assert pretty.pretty and pretty.kind is None and pretty.describe() == {"pretty": True, "source": "directive"}
+    cut = injector.decide({}, _openai('#mock{"json": "pretty", "fault": "cut:2"}'), stream=False)
+    assert cut.pretty and cut.kind is None  # a plain answer is served whole, still pretty
+    assert not injector.decide({}, _openai('#mock{"json": "compact"}'), stream=True).pretty
+    for bad in ('#mock{"json": "yaml"}', '#mock{"json": 2}'):
+        with pytest.raises(DirectiveError):
+            injector.decide({}, _openai(bad), stream=True)
+
+
 def test_error_shapes_and_retry_headers() -> None:
     assert orjson.loads(error_body("openai", 429))["error"]["code"] == "rate_limit_exceeded"
     assert orjson.loads(error_body("openai", 503))["error"]["type"] == "server_error"

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import AsyncIterator
 
@@ -85,6 +86,58 @@ def test_stream_translator_hides_usage_chunk_unless_asked() -> None:
         assert out[0] is chunks[0]  # relayed as received, never re-serialised
         assert t.usage.prompt_tokens == 3 and t.usage.completion_tokens == 1 and t.usage.reported
         assert t.finish_reason == "stop" and t.served_model == "gpt-4o-mini-2024"
+
+
+# How servers space their JSON: compact (OpenAI, orjson), Python's json.dumps default, Jackson's
+# pretty printer (`"key" : value`, one key a line), and every JSON whitespace in odd places.
+SPACINGS = {
+    "compact": {"separators": (",", ":")},
+    "python": {},
+    "jackson": {"indent": 2, "separators": (",", " : ")},
+    "odd": {"indent": "\t", "separators": (" ,\r\n", "\n:\t ")},
+}
+
+
+@pytest.mark.parametrize("spacing", SPACINGS)
+def test_stream_translator_reads_chunks_spaced_any_way(spacing: str) -> None:
+    def spaced(**kw: object) -> bytes:
+        obj = {"id": "c", "object": "chat.completion.chunk", "model": "gpt-4o-mini-2024", **kw}
+        return json.dumps(obj, **SPACINGS[spacing]).encode()  # type: ignore[arg-type]
+
+    chunks = [
+        spaced(choices=[{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}],
+               usage=None),
+        spaced(choices=[{"index": 0, "delta": {"content": "usage"}, "finish_reason": None}], usage=None),
+        spaced(choices=[{"index": 0, "delta": {}, "finish_reason": "length"}], usage=None),
+        spaced(choices=[], usage={"prompt_tokens": 3, "completion_tokens": 1}),
+    ]
+    for include in (False, True):
+        t = OpenAIStreamTranslator(include)
+        out = [p for c in chunks for p in t.feed(None, c)]
+        assert out == (chunks if include else chunks[:3])
+        assert (t.finish_reason, t.served_model, t.usage.completion_tokens) == ("length", "gpt-4o-mini-2024", 1)
+        assert t.usage.reported
+    error = json.dumps({"error": {"message": "boom", "code": "x"}}, **SPACINGS[spacing]).encode()  # type: ignore[arg-type]
+    with pytest.raises(UpstreamError, match="boom"):
+        OpenAIStreamTranslator(False).feed(None, error)
+
+
+@pytest.mark.parametrize("spacing", SPACINGS)
+def test_a_later_choice_finishing_is_seen_past_an_unfinished_one(spacing: str) -> None:
+    choices = [{"index": 0, "delta": {"content": "a"}, "finish_reason": None},
+               {"index": 1, "delta": {}, "finish_reason": "stop"}]
+    t = OpenAIStreamTranslator(False)
+    t.feed(None, json.dumps({"id": "c", "model": "m", "choices": choices}, **SPACINGS[spacing]).encode())  # type: ignore[arg-type]
+    assert t.finish_reason == "stop"
+
+
+def test_content_that_reads_like_a_key_does_not_count() -> None:
+    t = OpenAIStreamTranslator(True)
+    t.feed(None, _chunk(choices=[]))  # the first chunk is parsed for the model anyway
+    quoted = _chunk(choices=[{"index": 0, "delta": {"content": '"finish_reason": "stop", "usage": {}'},
+                              "finish_reason": None}])
+    assert t.feed(None, quoted) == [quoted]
+    assert t.finish_reason is None and not t.usage.reported
 
 
 def test_stream_translator_rejects_garbage() -> None:
@@ -182,3 +235,13 @@ async def test_a_stream_line_past_the_bound_is_a_bad_answer_not_a_buffer() -> No
     assert time.monotonic() - started < 1.0
     with pytest.raises(UpstreamBadResponse, match="line over"):  # a long line after a newline, in one chunk
         await _relayed([b": comment\n" + b"B" * (MAX_EVENT_LINE_BYTES + 1)])
+
+
+async def test_a_multi_line_data_field_reaches_the_client_as_one_line() -> None:
+    # A server that pretty-prints sends each line of its JSON as its own `data:` line; relayed
+    # with the newlines SSE joins them by, the chunk would end the client's `data:` field early.
+    body = {"id": "c", "model": "m", "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]}
+    lines = json.dumps(body, indent=2, separators=(",", " : ")).encode().split(b"\n")
+    event = b"".join(b"data: " + line + b"\n" for line in lines) + b"\ndata: [DONE]\n\n"
+    out, resp = await _relayed([event])
+    assert len(out) == 1 and b"\n" not in out[0] and orjson.loads(out[0]) == body and resp.released
