@@ -11,8 +11,9 @@ slot, then the record (cost, metrics, envelope, log line), which so sees everyth
 error answer is sent after the clean-up: what the call held is free when the client hears of it.
 
 What reading a request may cost (head size and time, a declared body over the limit, a body's
-rate) is enforced by the HTTP protocol before a request gets here (`server_protocol.py`, which
-takes its `ConnectionLimits` from this app). So no answer here waits for a body it will not use:
+rate) is enforced by the HTTP protocol before a request gets here (`uvicorn_protocol.py`, which
+takes its `ConnectionLimits` from this app; with a uvicorn outside the tested range,
+`server_protocol.py` falls back to uvicorn's own protocol, and only the body limit below holds). So no answer here waits for a body it will not use:
 a refused request's unread body is dropped by the protocol, under its timers, holding no slot.
 """
 
