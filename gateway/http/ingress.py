@@ -14,7 +14,8 @@ What reading a request may cost (head size and time, a declared body over the li
 rate) is enforced by the HTTP protocol before a request gets here (`uvicorn_protocol.py`, which
 takes its `ConnectionLimits` from this app; with a uvicorn outside the tested range,
 `server_protocol.py` falls back to uvicorn's own protocol, and only the body limit below holds).
-So no answer here waits for a body it will not use: request's unread body is dropped by the protocol, under its timers, holding no slot.
+So no answer here waits for a body it will not use: a refused request's unread body is dropped
+by the protocol, under its timers, holding no slot.
 """
 
 from __future__ import annotations
