@@ -140,8 +140,9 @@ class Limits:
         None when the counters were settled here and now (the memory store: no coroutine is made);
         otherwise an awaitable, already shielded: the settlement runs to its end even if the caller
         is cancelled while awaiting it (a client that leaves at this moment cancels its request, but
-        a settlement cut short would let the reservation expire and the spend be forgotten). The
-        Call's fields are set before either returns."""
+        a settlement cut short would let the reservation expire and the spend be forgotten), and
+        even if it is never awaited (await it to know it finished). The Call's fields are set
+        before either returns."""
         if hold is None or hold.done:
             return None
         hold.done = True
