@@ -133,7 +133,9 @@ class IngressMiddleware:
             await self._error(InternalError("The gateway failed to process the request."), call, started, send)
         finally:
             watch.stop()
-            await run_cleanups(call, _ending(call, watch, cancelled))
+            pending = run_cleanups(call, _ending(call, watch, cancelled))
+            if pending is not None:
+                await pending
 
     # -- the ingress's own clean-up steps (gateway/pipeline/cleanup.py) --------------------------
     def _leave(self, call: Call, ending: str) -> None:
@@ -158,7 +160,9 @@ class IngressMiddleware:
         headers += [(k, v) for k, v in call.extra_headers if k.decode() not in exc.headers]
         headers.append((b"content-length", b"%d" % len(body)))
         call.status = status
-        await run_cleanups(call, FAILED)
+        pending = run_cleanups(call, FAILED)
+        if pending is not None:
+            await pending
         await send({"type": "http.response.start", "status": status, "headers": headers})
         await send({"type": "http.response.body", "body": body})
 

@@ -37,7 +37,7 @@ from gateway.limits.completion import choices, completion_cap, predicted_text
 from gateway.limits.estimate import estimate_embeddings, estimate_prompt
 from gateway.limits.hold import BILLED_FAILURES, Hold
 from gateway.limits.offload import INLINE_MAX_BYTES, EstimatorBusy, OffLoopCounter
-from gateway.limits.plan import PlanCache
+from gateway.limits.plan import LimitsPlan, PlanCache
 from gateway.limits.refresh import Refresher
 from gateway.limits.refusal import InsufficientQuota, StateDown
 from gateway.limits.reservations import reservations_for
@@ -114,22 +114,36 @@ class Limits:
 
     async def reserve(self, call: Call, route: RouteSettings, body: dict[str, Any]) -> Hold | None:
         """Hold what the call may spend on every counter it draws on; the x-ratelimit-* headers go on the Call."""
+        held = self.reserve_now(call, route, body)
+        return held if held is None or isinstance(held, Hold) else await held
+
+    def reserve_now(self, call: Call, route: RouteSettings, body: dict[str, Any]
+                    ) -> Hold | Awaitable[Hold | None] | None:
+        """`reserve`, with no coroutine when nothing has to wait (a small body, the memory store): the
+        Hold (or None: no counter to draw on) at once, else an awaitable of it."""
         plan = self.plans.get(call.tenant, call.key_id, call.feature, call.route or "", route)
-        if call.body_bytes <= INLINE_MAX_BYTES:
-            prompt = self.check_input(call, route, body, plan.targets)
-        else:  # a large prompt is counted off the loop (see limits/offload.py)
-            try:
-                prompt = await self.counter.run(self.check_input, call, route, body, plan.targets, lane=call.tenant)
-            except EstimatorBusy:
-                self.metrics.rejected.labels("estimator_busy").inc()
-                raise
+        if call.body_bytes > INLINE_MAX_BYTES:  # a large prompt is counted off the loop (see limits/offload.py)
+            return self._reserve_counted_off_loop(call, route, body, plan)
+        return self._hold(call, body, plan, self.check_input(call, route, body, plan.targets))
+
+    async def _reserve_counted_off_loop(self, call: Call, route: RouteSettings, body: dict[str, Any],
+                                        plan: LimitsPlan) -> Hold | None:
+        try:
+            prompt = await self.counter.run(self.check_input, call, route, body, plan.targets, lane=call.tenant)
+        except EstimatorBusy:
+            self.metrics.rejected.labels("estimator_busy").inc()
+            raise
+        held = self._hold(call, body, plan, prompt)
+        return held if held is None or isinstance(held, Hold) else await held
+
+    def _hold(self, call: Call, body: dict[str, Any], plan: LimitsPlan, prompt: int
+              ) -> Hold | Awaitable[Hold | None] | None:
         if plan.empty:
             return None
         completion = self._completion_cap(body, plan.bounded, call.body_bytes <= INLINE_MAX_BYTES) \
             if call.kind == "chat" else 0
-        held = self._reservations.reserve(plan, prompt, completion, self._price_bound(plan.prices, prompt, completion),
-                                          call)
-        return held if isinstance(held, Hold) else await held
+        return self._reservations.reserve(plan, prompt, completion,
+                                          self._price_bound(plan.prices, prompt, completion), call)
 
     def settle_now(self, hold: Hold | None, usage: Usage | None, provider: str | None, model: str | None,
                    call: Call | None = None) -> Awaitable[None] | None:

@@ -14,13 +14,14 @@ Guarantees, each proven by tests/unit/pipeline:
   after it still run; the cancellation is raised once they have all been started;
 - one failing step does not skip the others (it is logged with the request id).
 
-A step that needs no wait returns None and costs a call: the default path creates no task.
+A step that needs no wait returns None and costs a call: the default path creates no task and\nno coroutine.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable
 
 from gateway.pipeline.context import Call
 
@@ -34,23 +35,42 @@ CLIENT_GONE = "client_gone"  # the client left before the answer was complete
 ENDINGS = (SERVED, FAILED, CANCELLED, CLIENT_GONE)
 
 
-async def run_cleanups(call: Call, ending: str) -> None:
+def run_cleanups(call: Call, ending: str) -> Awaitable[None] | None:
+    """Run the call's clean-up steps; None when all are done, else an awaitable of the rest, from
+    the first step that has to wait (the default path makes no coroutine)."""
     steps = call.cleanups
-    if not steps:
-        return
     if call.ending is None:
         call.ending = ending
-    cancelled = False
     while steps:
         step = steps.pop()
         try:
             pending = step(call, call.ending)
-            if pending is not None:
-                await asyncio.shield(pending)
+        except Exception:  # a clean-up's boundary: the steps after it must run all the same
+            _log.exception("clean-up step failed", extra={"fields": {"request_id": call.request_id}})
+            continue
+        if pending is not None:
+            return _waiting(call, pending)
+    return None
+
+
+async def _waiting(call: Call, first: Awaitable[None]) -> None:
+    steps = call.cleanups
+    cancelled = False
+    pending: Awaitable[None] | None = first
+    while pending is not None:
+        try:
+            await asyncio.shield(pending)
         except asyncio.CancelledError:
             # The step goes on in its own task (shield); the rest must still run.
             cancelled = True
-        except Exception:  # a clean-up's boundary: the steps after it must run all the same
+        except Exception:
             _log.exception("clean-up step failed", extra={"fields": {"request_id": call.request_id}})
+        pending = None
+        while steps and pending is None:
+            step = steps.pop()
+            try:
+                pending = step(call, call.ending or FAILED)
+            except Exception:
+                _log.exception("clean-up step failed", extra={"fields": {"request_id": call.request_id}})
     if cancelled:
         raise asyncio.CancelledError

@@ -6,9 +6,9 @@ end the Call becomes the log line (and, with the ledger, the envelope).
 Two lists on it are the pipeline's own:
 - `cleanups`: what stages took and must give back, run once when the request is over, last
   registered first, each told how the call ended (`gateway.pipeline.cleanup`);
-- `timings`: (stage, start, end) by the monotonic clock for each stage that ran, and each attempt
-  carries its own start and end, so spans can be built after the response without any stage
-  knowing about tracing.
+- `stage_marks`: by the monotonic clock, when the first stage started and when each stage ended
+  (`stage_timings()` pairs them with the names), and each attempt carries its own start and end,
+  so spans can be built after the response without any stage knowing about tracing.
 """
 
 from __future__ import annotations
@@ -100,8 +100,10 @@ class Call:
     # Called before another attempt when one timed out while its provider worked (set by the limits
     # stage: that attempt's reservation is spent, a new one is made; False: no further attempt).
     again: Callable[[], Awaitable[bool]] | None = None
-    # (stage name, start, end) by time.perf_counter for each stage that ran, in order.
-    timings: list[tuple[str, float, float]] = field(default_factory=list)
+    # The names of the stages of the plan the call ran, and time.perf_counter when the first started
+    # and when each ended (one reading a stage: the end of one is the start of the next).
+    stage_names: tuple[str, ...] = ()
+    stage_marks: list[float] = field(default_factory=list)
 
     @property
     def attempt_count(self) -> int:
@@ -110,6 +112,11 @@ class Call:
             if not a.skipped:
                 n += 1
         return n
+
+    def stage_timings(self) -> list[tuple[str, float, float]]:
+        """(stage, start, end) for each stage that ran (one that raised included), in order."""
+        marks = self.stage_marks
+        return [(name, marks[i], marks[i + 1]) for i, name in enumerate(self.stage_names[:len(marks) - 1])]
 
     def elapsed_ms(self) -> float:
         return (time.perf_counter() - self.started) * 1000

@@ -65,7 +65,7 @@ Before = Callable[[ModelRequest], StageResult]
 class Plan:
     """The stages that have work on one route for one operation, as what the runner calls."""
 
-    __slots__ = ("answer_hooks", "befores", "chunk_hooks", "end_hooks", "route", "stages")
+    __slots__ = ("answer_hooks", "before_names", "befores", "chunk_hooks", "end_hooks", "route", "stages")
 
     def __init__(self, stages: Sequence[Stage], route: RouteSettings | None) -> None:
         self.route = route
@@ -73,6 +73,7 @@ class Plan:
         # (name, hook, index in `stages`)
         self.befores: tuple[tuple[str, Before, int], ...] = tuple(
             (s.name, s.before, i) for i, s in enumerate(stages) if overrides(s, "before"))
+        self.before_names = tuple(name for name, _, _ in self.befores)
         # (index in `stages`, hook): an answer made by stage k is seen by the stages before k only.
         self.answer_hooks: tuple[tuple[int, AnswerHook], ...] = tuple(
             (i, s.on_answer) for i, s in enumerate(stages) if overrides(s, "on_answer"))[::-1]
@@ -122,17 +123,37 @@ class ModelCalls:
 
     async def run(self, inbound: Inbound, operation: Operation) -> Reply:
         req = ModelRequest(inbound, operation)
-        req.call.kind = operation.kind
-        front = self._front[operation.kind]
-        plan = front
-        answered = await self._stages(req, front.befores, 0)
-        if answered is None:
-            assert req.route is not None
-            plan = self.plan(operation, req.call.route or "", req.route)
-            answered = await self._stages(req, plan.befores, len(front.befores))
-            if answered is None:
-                raise InternalError("No stage answered the call.")  # the upstream stage always answers
-        answer, at = answered
+        call, clock = req.call, self.clock
+        call.kind = operation.kind
+        plan = front = self._front[operation.kind]
+        befores, i = front.befores, 0
+        call.stage_names = front.before_names
+        marks = call.stage_marks
+        marks.append(clock())
+        while True:
+            if i == len(befores):
+                if plan is not front:
+                    raise InternalError("No stage answered the call.")  # the upstream stage always answers
+                # The route is known: on with its own plan, past the stages already run.
+                assert req.route is not None
+                plan = self.plan(operation, call.route or "", req.route)
+                befores = plan.befores
+                call.stage_names = plan.before_names
+                continue
+            name, before, index = befores[i]
+            i += 1
+            try:
+                result = before(req)
+                if result is not None and type(result) not in ANSWER_TYPES:
+                    result = await result  # type: ignore[misc]
+            finally:
+                marks.append(clock())
+            if result is not None:
+                call.answered_by = name
+                return self._reply(req, plan, result, index)  # type: ignore[arg-type]
+
+    def _reply(self, req: ModelRequest, plan: Plan, answer: Answer, at: int) -> Reply:
+        """The answer made by stage `at`, through the hooks of the stages before it, as the reply."""
         if isinstance(answer, ChatStream):
             if not plan.chunk_hooks and not plan.end_hooks:
                 return stream_reply(req, answer, (), ())
@@ -142,25 +163,6 @@ class ModelCalls:
             return stream_reply(req, answer, [h for _, h in chain], ends)
         answer_hooks = [h for i, h in plan.answer_hooks if i < at] if plan.answer_hooks else ()
         return json_reply(req, answer, answer_hooks, self.keep_response)
-
-    async def _stages(self, req: ModelRequest, befores: Sequence[tuple[str, Before, int]], start: int
-                      ) -> tuple[Answer, int] | None:
-        """Run `befores[start:]` in order; (the answer, the answering stage's index) when one answers."""
-        call, clock = req.call, self.clock
-        timings = call.timings
-        for i in range(start, len(befores)):
-            name, before, index = befores[i]
-            began = clock()
-            try:
-                result = before(req)
-                if result is not None and type(result) not in ANSWER_TYPES:
-                    result = await result  # type: ignore[misc]
-            finally:
-                timings.append((name, began, clock()))
-            if result is not None:
-                call.answered_by = name
-                return result, index  # type: ignore[return-value]
-        return None
 
 
 def _built(types: Sequence[type[Stage]], gateway: Gateway, route: RouteSettings | None,

@@ -28,13 +28,21 @@ from gateway.providers.base import Usage
 class Reserve(Stage):
     name = "limits"
 
-    async def before(self, req: ModelRequest) -> None:
+    def before(self, req: ModelRequest) -> Awaitable[None] | None:
         call = req.call
-        limits = self.gateway.limits
         assert req.route is not None
-        hold = await limits.reserve(call, req.route, req.body)
+        held = self.gateway.limits.reserve_now(call, req.route, req.body)
+        if held is None or isinstance(held, Hold):
+            self._held(call, held)
+            return None
+        return self._held_later(call, held)  # a networked store, or a large prompt counted off the loop
+
+    async def _held_later(self, call: Call, held: Awaitable[Hold | None]) -> None:
+        self._held(call, await held)
+
+    def _held(self, call: Call, hold: Hold | None) -> None:
         if hold is not None:
-            call.again = partial(limits.again, hold)
+            call.again = partial(self.gateway.limits.again, hold)
         call.cleanups.append(partial(self._end, hold))
 
     def _end(self, hold: Hold | None, call: Call, ending: str) -> Awaitable[None] | None:

@@ -53,20 +53,17 @@ class Operation:
 class ModelRequest:
     """The request as the stages see it; what they learn about the call goes on `call`."""
 
-    __slots__ = ("body", "call", "gateway", "inbound", "operation", "route", "stream")
+    __slots__ = ("body", "call", "gateway", "headers", "inbound", "operation", "route", "stream")
 
     def __init__(self, inbound: Inbound, operation: Operation) -> None:
         self.inbound = inbound
+        self.headers: Mapping[str, str] = inbound.headers
         self.gateway: Gateway = inbound.gateway
         self.call: Call = inbound.call
         self.operation = operation
         self.body: dict[str, Any] = {}  # the parsed JSON body (set by the body stage)
         self.route: RouteSettings | None = None  # set by the policy stage
         self.stream = False  # the client asked for a stream
-
-    @property
-    def headers(self) -> Mapping[str, str]:
-        return self.inbound.headers
 
 
 StageResult = Answer | None | Awaitable[Answer | None]

@@ -4,6 +4,7 @@ answers, unless a stage before it did."""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
 from typing import TYPE_CHECKING
 
 from gateway.pipeline.stage import Answer, ModelRequest, Operation, Stage
@@ -25,13 +26,14 @@ class Upstream(Stage):
         self.router = gateway.router
         self.embeddings = kind == "embeddings"
 
-    async def before(self, req: ModelRequest) -> Answer:
+    def before(self, req: ModelRequest) -> Awaitable[Answer]:
+        # The router's own coroutine, awaited by the pipeline: no layer of this stage's in between.
         call, route, body, router = req.call, req.route, req.body, self.router
         assert route is not None
         if self.embeddings:
-            return await router.embeddings(call, route, body, call.again)
+            return router.embeddings(call, route, body, call.again)
         if not req.stream:
-            return await router.chat(call, route, body, call.again)
+            return router.chat(call, route, body, call.again)
         call.stream = True
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
-        return await router.chat_stream(call, route, body, include_usage, call.again)
+        return router.chat_stream(call, route, body, include_usage, call.again)

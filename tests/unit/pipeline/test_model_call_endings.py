@@ -51,9 +51,9 @@ async def test_served_json(harness: Harness) -> None:
     assert (await harness.counted())["tokens_per_day"] == PROMPT + COMPLETION
     _assert_nothing_held(harness, envelopes=1)
     call = reply.call
-    assert [name for name, _, _ in call.timings] == ["probe", "auth", "admission", "body", "policy", "limits",
+    assert [name for name, _, _ in call.stage_timings()] == ["probe", "auth", "admission", "body", "policy", "limits",
                                                       "upstream"]
-    assert all(start <= end for _, start, end in call.timings)
+    assert all(start <= end for _, start, end in call.stage_timings())
     (attempt,) = call.attempts
     assert attempt.started and attempt.ended >= attempt.started
 

@@ -32,7 +32,7 @@ async def test_a_no_op_stage_is_one_line_in_the_list(tmp_path: Path) -> None:
         assert plan.names == ("auth", "admission", "body", "policy", "limits", "noop", "upstream")
         reply = await h.request(CHAT_BODY)
         assert reply.status == 200 and NoOp.runs == 1
-        assert [name for name, _, _ in reply.call.timings] == list(plan.names)
+        assert [name for name, _, _ in reply.call.stage_timings()] == list(plan.names)
         embed = await h.request({"model": "emb", "input": "x"}, path="/v1/embeddings")
         assert embed.status == 200 and NoOp.runs == 2  # one pipeline for chat and embeddings
 
@@ -80,7 +80,7 @@ async def test_an_early_answer_skips_the_rest_and_releases_the_reservation(tmp_p
         # The stages before the one that answered see the answer (Marker does); none after it run.
         assert reply.json()["choices"][0]["message"]["content"] == CANNED["choices"][0]["message"]["content"] \
             + " [marked]"
-        assert [name for name, _, _ in reply.call.timings][-1] == "canned"
+        assert [name for name, _, _ in reply.call.stage_timings()][-1] == "canned"
         assert (await h.counted())["tokens_per_day"] == 0  # no provider billed it
         assert not h.gateway.limits._live
         assert h.gateway.tenant_caps.in_flight == 0
