@@ -10,7 +10,7 @@ from gateway.limits.pricing import Pricing
 from gateway.observability.logging import AccessLog
 from gateway.observability.metrics import Metrics
 from gateway.pipeline.context import Call
-from gateway.store.envelope_rows import ENVELOPE_FIELDS
+from gateway.store.envelope_fields import Envelope
 from gateway.store.envelopes import EnvelopeWriter
 
 _MODEL_KINDS = frozenset({"chat", "embeddings"})
@@ -28,52 +28,41 @@ def price_call(call: Call, pricing: Pricing) -> None:
         call.cache_write_picousd = writes
 
 
-def envelope_fields(call: Call, attempts: list[dict[str, Any]] | None = None, latency_ms: float | None = None
-                    ) -> list[Any]:
-    """The call's envelope as its values in ENVELOPE_FIELDS order (the ledger's columns; `day` is
-    derived), from which its row is made without a dict. `attempts` and `latency_ms` as the access
-    line has them, when it is written too."""
+def envelope_of(call: Call, attempts: list[dict[str, Any]] | None = None, latency_ms: float | None = None
+                ) -> Envelope:
+    """The call's envelope, by name. `attempts` and `latency_ms` as the access line has them, when it
+    is written too. The columns of stages a call has not met (templates, the response cache, safety
+    flags) keep the Envelope's defaults."""
     usage = call.usage
-    return [
-        sortable_hex(16),  # envelope_id
-        call.request_id,
-        call.started_at,  # created_at
-        call.tenant,
-        call.key_id,
-        call.route,
-        call.feature,
-        None,  # template_id
-        None,  # template_version
-        None,  # template_hash
-        call.model_requested[:CLIENT_VALUE_CHARS] if call.model_requested else call.model_requested,
-        call.model_served,
-        call.provider,
-        [a.as_dict() for a in call.attempts] if attempts is None else attempts,
-        usage.prompt_tokens if usage else 0,
-        usage.completion_tokens if usage else 0,
-        usage.cached_tokens if usage else 0,
-        call.cost_picousd,
-        usage.cache_write_tokens if usage else 0,
-        usage.cache_write_1h_tokens if usage else 0,
-        call.cache_write_picousd,
-        None,  # cache_status
-        0,  # cache_saved_tokens
-        0,  # cache_saved_picousd
-        round(call.elapsed_ms() if latency_ms is None else latency_ms, 3),
-        call.ttft_ms,
-        call.status,
-        call.error_type,
-        call.stream,
-        bool(usage and usage.reported),  # usage_reported
-        None,  # safety_flags
-        call.request_body,
-        call.response_body,
-    ]
-
-
-def envelope(call: Call) -> dict[str, Any]:
-    """The call's envelope, keyed, in the ledger's column order."""
-    return dict(zip(ENVELOPE_FIELDS, envelope_fields(call), strict=True))
+    model = call.model_requested
+    return Envelope(
+        envelope_id=sortable_hex(16),
+        request_id=call.request_id,
+        created_at=call.started_at,
+        tenant=call.tenant,
+        key_id=call.key_id,
+        route=call.route,
+        feature=call.feature,
+        model_requested=model[:CLIENT_VALUE_CHARS] if model else model,
+        model_served=call.model_served,
+        provider=call.provider,
+        attempts=[a.as_dict() for a in call.attempts] if attempts is None else attempts,
+        prompt_tokens=usage.prompt_tokens if usage else 0,
+        completion_tokens=usage.completion_tokens if usage else 0,
+        cached_tokens=usage.cached_tokens if usage else 0,
+        cost_picousd=call.cost_picousd,
+        cache_write_tokens=usage.cache_write_tokens if usage else 0,
+        cache_write_1h_tokens=usage.cache_write_1h_tokens if usage else 0,
+        cache_write_picousd=call.cache_write_picousd,
+        latency_ms=round(call.elapsed_ms() if latency_ms is None else latency_ms, 3),
+        ttft_ms=call.ttft_ms,
+        status=call.status,
+        error_type=call.error_type,
+        stream=call.stream,
+        usage_reported=bool(usage and usage.reported),
+        request_body=call.request_body,
+        response_body=call.response_body,
+    )
 
 
 def record_call(call: Call, metrics: Metrics, access_log: AccessLog, pricing: Pricing,
@@ -98,6 +87,6 @@ def record_call(call: Call, metrics: Metrics, access_log: AccessLog, pricing: Pr
                 metrics.estimate_gap.observe((call.provider or "",),
                                              (usage.prompt_tokens - call.prompt_estimate) / call.prompt_estimate)
         if envelopes is not None and call.tenant is not None:
-            envelopes.submit_fields(envelope_fields(call, attempts, latency_ms))
+            envelopes.submit_envelope(envelope_of(call, attempts, latency_ms))
     if not quiet:
         access_log.write(call.log_record(attempts, latency_ms))
