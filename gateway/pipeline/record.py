@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from operator import attrgetter
 from typing import Any
 
 from gateway.errors import CLIENT_VALUE_CHARS
@@ -11,7 +10,8 @@ from gateway.limits.pricing import Pricing
 from gateway.observability.logging import AccessLog
 from gateway.observability.metrics import Metrics
 from gateway.pipeline.context import Call
-from gateway.store.envelope_fields import Envelope, assembler, keyword_tuple
+from gateway.providers.base import Usage
+from gateway.store.envelope_fields import Envelope, envelope_builder
 from gateway.store.envelopes import EnvelopeWriter
 
 _MODEL_KINDS = frozenset({"chat", "embeddings"})
@@ -29,39 +29,35 @@ def price_call(call: Call, pricing: Pricing) -> None:
         call.cache_write_picousd = writes
 
 
-# The envelope's columns that hold the Call's attribute of the same name as it is, read in one C call.
+# The envelope's columns that hold the Call's attribute (or the Usage's) of the same name as it is.
 _AS_ON_CALL = ("request_id", "tenant", "key_id", "route", "feature", "model_served", "provider", "cost_picousd",
                "cache_write_picousd", "ttft_ms", "status", "error_type", "stream", "request_body", "response_body")
-# ... the Usage's (zeros without one).
 _AS_ON_USAGE = ("prompt_tokens", "completion_tokens", "cached_tokens", "cache_write_tokens", "cache_write_1h_tokens")
-# ... worked out here, by keyword.
-_WORKED_OUT = ("envelope_id", "created_at", "model_requested", "attempts", "latency_ms", "usage_reported")
-_from_call = attrgetter(*_AS_ON_CALL)
-_from_usage = attrgetter(*_AS_ON_USAGE)
-_NO_USAGE = (0,) * len(_AS_ON_USAGE)
-_worked_out = keyword_tuple(_WORKED_OUT)
-# Raises at import for a column in none of the three (unless it has a default: a later stage's column).
-_assemble = assembler((*_AS_ON_CALL, *_AS_ON_USAGE, *_WORKED_OUT))
+# Raises at import for a column with no value (but the later stages').
+_build_envelope = envelope_builder(
+    {"call": _AS_ON_CALL, "usage": _AS_ON_USAGE},
+    ("envelope_id", "created_at", "model_requested", "attempts", "latency_ms", "usage_reported"),
+)
+_NO_USAGE = Usage()  # zeros
 
 
 def envelope_of(call: Call, attempts: list[dict[str, Any]] | None = None, latency_ms: float | None = None
                 ) -> Envelope:
     """The call's envelope, by name. `attempts` and `latency_ms` as the access line has them, when it
     is written too. The columns of stages a call has not met (templates, the response cache, safety
-    flags) keep the Envelope's defaults.
-
-    Not `Envelope(tenant=call.tenant, ...)`: a call of 26 keyword arguments costs ~25k instructions in
-    CPython 3.11 (see keyword_tuple), the envelope of every request; the names here cost ~3k."""
+    flags) hold envelope_fields.LATER_STAGES."""
     usage = call.usage
     model = call.model_requested
-    return _assemble(_from_call(call) + (_from_usage(usage) if usage else _NO_USAGE) + _worked_out(
+    return _build_envelope(
+        call,
+        usage or _NO_USAGE,
         envelope_id=sortable_hex(16),
         created_at=call.started_at,
         model_requested=model[:CLIENT_VALUE_CHARS] if model else model,
         attempts=[a.as_dict() for a in call.attempts] if attempts is None else attempts,
         latency_ms=round(call.elapsed_ms() if latency_ms is None else latency_ms, 3),
         usage_reported=bool(usage and usage.reported),
-    ))
+    )
 
 
 def record_call(call: Call, metrics: Metrics, access_log: AccessLog, pricing: Pricing,

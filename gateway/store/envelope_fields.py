@@ -1,29 +1,28 @@
 """The envelope of a model call by name: `Envelope`, one field per column of the ledger's `envelopes` table.
 
-What a finished call leaves is built with keyword arguments (`Envelope(request_id=..., ...)`), so the type
-checker sees every name and kind, and no value can land in its neighbour's column when a column is added
-or moved. The fields are the table's columns but `id` (the table's) and `day` (derived from created_at);
-the columns later stages fill (templates, the response cache, safety flags) default to what the column
-holds when nothing is known, so a call that never met those stages need not name them.
+The fields are the table's columns, in its order, but `id` (the table's) and `day` (derived from
+created_at): a NamedTuple is a tuple, so the writer's fast path takes the values as they are, and field
+i is column i. That is checked when this module is imported: a column added to the schema without its
+field here, a field the schema lost, or two swapped, fail the import, naming them, rather than shift
+values into a neighbour's column.
 
-A NamedTuple is a tuple: the writer's fast path takes its values without a dict. Its field order is not
-the table's (a field with a default cannot precede one without); `IN_COLUMN_ORDER` puts the values in
-column order, made from the names. That the fields are exactly the columns is checked when this module
-is imported: a column added to the schema without its field here (or a field the schema lost) fails the
-import, naming it, rather than shifting values or dropping one.
+Envelopes are made by name: `new_envelope(tenant=..., ...)` (the later stages' columns, templates, the
+response cache and safety flags, at what they hold for a call that did not meet them), or on the request
+path by a builder `envelope_builder` generates from the names of the Call's attributes each column takes.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from keyword import iskeyword
-from operator import itemgetter
 from typing import Any, NamedTuple
 
 from gateway.store.schema import envelopes
 
 
 class Envelope(NamedTuple):
+    """The columns in the table's order: field i is the row's value i (with `day` put in after created_at)."""
+
     envelope_id: str
     request_id: str
     created_at: float  # epoch seconds (time.time())
@@ -31,6 +30,9 @@ class Envelope(NamedTuple):
     key_id: str | None
     route: str | None
     feature: str | None
+    template_id: str | None
+    template_version: str | None
+    template_hash: str | None
     model_requested: str | None
     model_served: str | None
     provider: str | None
@@ -42,75 +44,76 @@ class Envelope(NamedTuple):
     cache_write_tokens: int
     cache_write_1h_tokens: int
     cache_write_picousd: int
+    cache_status: str | None  # miss | hit | semantic-hit | bypass
+    cache_saved_tokens: int
+    cache_saved_picousd: int
     latency_ms: float | None
     ttft_ms: float | None
     status: int
     error_type: str | None
     stream: bool
     usage_reported: bool
+    safety_flags: dict[str, Any] | list[Any] | None
     request_body: str | None
     response_body: str | None
-    # Filled by later stages (prompt templates, the response cache, safety scanning).
-    template_id: str | None = None
-    template_version: str | None = None
-    template_hash: str | None = None
-    cache_status: str | None = None  # miss | hit | semantic-hit | bypass
-    cache_saved_tokens: int = 0
-    cache_saved_picousd: int = 0
-    safety_flags: dict[str, Any] | list[Any] | None = None
 
+
+# What the columns later stages fill (prompt templates, the response cache, safety scanning) hold for a
+# call that did not meet them. (Not NamedTuple defaults: those can only be the last fields.)
+LATER_STAGES: dict[str, Any] = {
+    "template_id": None, "template_version": None, "template_hash": None,
+    "cache_status": None, "cache_saved_tokens": 0, "cache_saved_picousd": 0,
+    "safety_flags": None,
+}
 
 # The columns an envelope names, in the table's order (`day` is derived, `id` is the table's).
 COLUMNS: tuple[str, ...] = tuple(c.name for c in envelopes.columns if c.name not in ("id", "day"))
 
 
 def check_fields(columns: Sequence[str], fields: Sequence[str]) -> None:
-    """Raise, naming them, if the columns and the fields are not the same names (in any order)."""
+    """Raise, naming them, if the fields are not the columns in the columns' order."""
     missing = [c for c in columns if c not in fields]
     extra = [f for f in fields if f not in columns]
-    if missing or extra:
+    if missing or extra or tuple(columns) != tuple(fields):
+        moved = [] if missing or extra else [f for f, c in zip(fields, columns, strict=True) if f != c]
         raise RuntimeError(f"gateway.store.envelope_fields.Envelope and the ledger's envelopes table differ: "
-                           f"columns without a field {missing}, fields without a column {extra}")
+                           f"columns without a field {missing}, fields without a column {extra}, "
+                           f"fields out of the columns' order {moved}")
 
 
 check_fields(COLUMNS, Envelope._fields)
 
-# An Envelope's values in COLUMNS order, in one C call.
-IN_COLUMN_ORDER = itemgetter(*(Envelope._fields.index(c) for c in COLUMNS))
+
+def new_envelope(**values: Any) -> Envelope:
+    """An Envelope by keyword, the later stages' columns at LATER_STAGES unless given (not for the
+    request path: see envelope_builder)."""
+    return Envelope(**{**LATER_STAGES, **values})
 
 
-def keyword_tuple(names: Sequence[str]) -> Callable[..., tuple[Any, ...]]:
-    """A function that takes exactly `names` as keyword arguments and returns their values in this order.
+def envelope_builder(sources: Mapping[str, Sequence[str]], worked_out: Sequence[str]) -> Callable[..., Envelope]:
+    """A function `build(*objects, **worked_out)` that returns the Envelope whose columns named in
+    `sources[p]` are the attributes of those names of its positional argument `p` (in the order of
+    `sources`), those in `worked_out` its keyword arguments of those names, and the rest LATER_STAGES.
 
-    Generated from the names, so the order cannot be got wrong. (Why not `Envelope(**by_name)` for a whole
-    envelope: CPython 3.11 passes a call of more than 15 keyword arguments through a dict it builds and
-    unpacks again, ~25k instructions for an envelope's 26, where a list of the values cost ~3k.)"""
-    for name in names:
-        if not name.isidentifier() or iskeyword(name):
-            raise ValueError(f"{name!r} is not a parameter name")
-    if len(set(names)) != len(names):
-        raise ValueError(f"a name twice in {names}")
-    args = ", ".join(names)
-    scope: dict[str, Any] = {}
-    exec(f"def keyword_tuple(*, {args}):\n    return ({args},)\n", scope)  # identifiers only, checked above
-    made: Callable[..., tuple[Any, ...]] = scope["keyword_tuple"]
-    return made
-
-
-def assembler(names: Sequence[str]) -> Callable[[tuple[Any, ...]], Envelope]:
-    """A function of the values of the fields `names` (a tuple, in that order) that returns the Envelope,
-    the fields not named at their defaults. Raises ValueError, naming them, for a name that is not a
-    field, or a field without a default that is not named: at import, where it is made."""
-    unknown = [n for n in names if n not in Envelope._fields]
-    unnamed = [f for f in Envelope._fields if f not in names and f not in Envelope._field_defaults]
-    if unknown or unnamed or len(set(names)) != len(names):
-        raise ValueError(f"an Envelope from {names}: not fields {unknown}, fields without a value {unnamed}")
-    rest = tuple(f for f in Envelope._fields if f not in names)
-    defaults = tuple(Envelope._field_defaults[f] for f in rest)
-    in_field_order = itemgetter(*((*names, *rest).index(f) for f in Envelope._fields))
-    new = tuple.__new__
-
-    def assemble(values: tuple[Any, ...]) -> Envelope:
-        return new(Envelope, in_field_order(values + defaults))
-
-    return assemble
+    Generated from the names (checked here: every column has one source), it builds the tuple in
+    column order in one expression. Not `Envelope(tenant=call.tenant, ...)` on the request path: CPython
+    3.11 passes a call of more than 15 keyword arguments through a dict it builds and unpacks again
+    (~25k instructions for an envelope's 26, measured; the list of the values cost ~3k)."""
+    named = [*(c for cols in sources.values() for c in cols), *worked_out]
+    unknown = [c for c in named if c not in COLUMNS]
+    twice = sorted({c for c in named if named.count(c) > 1})
+    unnamed = [c for c in COLUMNS if c not in named and c not in LATER_STAGES]
+    odd = [n for n in (*sources, *named) if not n.isidentifier() or iskeyword(n)]
+    if unknown or twice or unnamed or odd:
+        raise ValueError(f"envelope_builder: not columns {unknown}, named twice {twice}, "
+                         f"columns without a value {unnamed}, not names {odd}")
+    source = {c: f"{p}.{c}" for p, cols in sources.items() for c in cols}
+    source.update((c, c) for c in worked_out)
+    scope: dict[str, Any] = {"_new": tuple.__new__, "Envelope": Envelope, "_later": LATER_STAGES}
+    # The later stages' values written in (None and 0 as literals: no lookup a request).
+    values = ", ".join(source.get(c) or (repr(LATER_STAGES[c]) if LATER_STAGES[c] in (None, 0) else f"_later[{c!r}]")
+                       for c in COLUMNS)
+    params = ", ".join(sources) + (", *, " + ", ".join(worked_out) if worked_out else "")
+    exec(f"def build({params}):\n    return _new(Envelope, ({values},))\n", scope)  # names only, checked above
+    build: Callable[..., Envelope] = scope["build"]
+    return build

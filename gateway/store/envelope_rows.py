@@ -22,7 +22,7 @@ from typing import Any
 import orjson
 from sqlalchemy import JSON, BigInteger, Boolean, Date, Float, Integer, Text
 
-from gateway.store.envelope_fields import IN_COLUMN_ORDER, Envelope
+from gateway.store.envelope_fields import Envelope
 from gateway.store.journal import encode
 from gateway.store.schema import UTCDateTime, envelopes
 
@@ -232,7 +232,7 @@ def envelope_row_json(env: Mapping[str, Any], backend: str) -> str:
 def values_row_json(envelope: Envelope, backend: str) -> str | None:
     """`envelope_row_json(envelope._asdict(), backend)` without the dict, for values already of their
     columns' kinds; None for any other (the dict then takes the full path)."""
-    values = list(IN_COLUMN_ORDER(envelope))
+    values = list(envelope)  # its fields are the columns in order (envelope_fields)
     values.insert(_DAY, None)
     try:
         return _checked_row_json(values, backend)
