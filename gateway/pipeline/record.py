@@ -10,7 +10,8 @@ from gateway.limits.pricing import Pricing
 from gateway.observability.logging import AccessLog
 from gateway.observability.metrics import Metrics
 from gateway.pipeline.context import Call
-from gateway.store.envelope_rows import ENVELOPE_FIELDS
+from gateway.providers.base import Usage
+from gateway.store.envelope_fields import Envelope, envelope_builder
 from gateway.store.envelopes import EnvelopeWriter
 
 _MODEL_KINDS = frozenset({"chat", "embeddings"})
@@ -28,52 +29,35 @@ def price_call(call: Call, pricing: Pricing) -> None:
         call.cache_write_picousd = writes
 
 
-def envelope_fields(call: Call, attempts: list[dict[str, Any]] | None = None, latency_ms: float | None = None
-                    ) -> list[Any]:
-    """The call's envelope as its values in ENVELOPE_FIELDS order (the ledger's columns; `day` is
-    derived), from which its row is made without a dict. `attempts` and `latency_ms` as the access
-    line has them, when it is written too."""
+# The envelope's columns that hold the Call's attribute (or the Usage's) of the same name as it is.
+_AS_ON_CALL = ("request_id", "tenant", "key_id", "route", "feature", "model_served", "provider", "cost_picousd",
+               "cache_write_picousd", "ttft_ms", "status", "error_type", "stream", "request_body", "response_body")
+_AS_ON_USAGE = ("prompt_tokens", "completion_tokens", "cached_tokens", "cache_write_tokens", "cache_write_1h_tokens")
+# Raises at import for a column with no value (but the later stages').
+_build_envelope = envelope_builder(
+    {"call": _AS_ON_CALL, "usage": _AS_ON_USAGE},
+    ("envelope_id", "created_at", "model_requested", "attempts", "latency_ms", "usage_reported"),
+)
+_NO_USAGE = Usage()  # zeros
+
+
+def envelope_of(call: Call, attempts: list[dict[str, Any]] | None = None, latency_ms: float | None = None
+                ) -> Envelope:
+    """The call's envelope, by name. `attempts` and `latency_ms` as the access line has them, when it
+    is written too. The columns of stages a call has not met (templates, the response cache, safety
+    flags) hold envelope_fields.LATER_STAGES."""
     usage = call.usage
-    return [
-        sortable_hex(16),  # envelope_id
-        call.request_id,
-        call.started_at,  # created_at
-        call.tenant,
-        call.key_id,
-        call.route,
-        call.feature,
-        None,  # template_id
-        None,  # template_version
-        None,  # template_hash
-        call.model_requested[:CLIENT_VALUE_CHARS] if call.model_requested else call.model_requested,
-        call.model_served,
-        call.provider,
-        [a.as_dict() for a in call.attempts] if attempts is None else attempts,
-        usage.prompt_tokens if usage else 0,
-        usage.completion_tokens if usage else 0,
-        usage.cached_tokens if usage else 0,
-        call.cost_picousd,
-        usage.cache_write_tokens if usage else 0,
-        usage.cache_write_1h_tokens if usage else 0,
-        call.cache_write_picousd,
-        None,  # cache_status
-        0,  # cache_saved_tokens
-        0,  # cache_saved_picousd
-        round(call.elapsed_ms() if latency_ms is None else latency_ms, 3),
-        call.ttft_ms,
-        call.status,
-        call.error_type,
-        call.stream,
-        bool(usage and usage.reported),  # usage_reported
-        None,  # safety_flags
-        call.request_body,
-        call.response_body,
-    ]
-
-
-def envelope(call: Call) -> dict[str, Any]:
-    """The call's envelope, keyed, in the ledger's column order."""
-    return dict(zip(ENVELOPE_FIELDS, envelope_fields(call), strict=True))
+    model = call.model_requested
+    return _build_envelope(
+        call,
+        usage or _NO_USAGE,
+        envelope_id=sortable_hex(16),
+        created_at=call.started_at,
+        model_requested=model[:CLIENT_VALUE_CHARS] if model else model,
+        attempts=[a.as_dict() for a in call.attempts] if attempts is None else attempts,
+        latency_ms=round(call.elapsed_ms() if latency_ms is None else latency_ms, 3),
+        usage_reported=bool(usage and usage.reported),
+    )
 
 
 def record_call(call: Call, metrics: Metrics, access_log: AccessLog, pricing: Pricing,
@@ -98,6 +82,6 @@ def record_call(call: Call, metrics: Metrics, access_log: AccessLog, pricing: Pr
                 metrics.estimate_gap.observe((call.provider or "",),
                                              (usage.prompt_tokens - call.prompt_estimate) / call.prompt_estimate)
         if envelopes is not None and call.tenant is not None:
-            envelopes.submit_fields(envelope_fields(call, attempts, latency_ms))
+            envelopes.submit_envelope(envelope_of(call, attempts, latency_ms))
     if not quiet:
         access_log.write(call.log_record(attempts, latency_ms))

@@ -1,7 +1,9 @@
 """An envelope as a ledger row: normalised from whatever produced it, then in the driver's own terms.
 
-`normalize_envelope` turns an envelope (fresh from a request, or read back from a journal written
-by any version) into a row of exactly the table's columns and kinds, or refuses it. `row_json`
+`values_row_json` makes the row of a request's `Envelope` (envelope_fields.py) when its values are
+already of their columns' kinds (what the gateway builds). `normalize_envelope` turns any other
+envelope (a mapping: submitted as one, or read back from a journal written by any version) into a
+row of exactly the table's columns and kinds, or refuses it. `row_json`
 makes the row one JSON array (what waits in the writer's queue), and `batch_statements` turns a
 batch into statements for the driver: SQLAlchemy's per-row bind processing cost more CPU than
 everything else an envelope takes.
@@ -20,6 +22,7 @@ from typing import Any
 import orjson
 from sqlalchemy import JSON, BigInteger, Boolean, Date, Float, Integer, Text
 
+from gateway.store.envelope_fields import Envelope
 from gateway.store.journal import encode
 from gateway.store.schema import UTCDateTime, envelopes
 
@@ -35,6 +38,11 @@ _FLOAT = ("latency_ms", "ttft_ms")
 _BOOL = ("stream", "usage_reported")
 _JSON = ("attempts", "safety_flags")
 _RANGE = {32: (-(2**31), 2**31 - 1), 64: (-(2**63), 2**63 - 1)}
+_KINDS = ("envelope_id", "request_id", "created_at", "day", *_TEXT, *_INT32, *_INT64, *_FLOAT, *_BOOL, *_JSON)
+if sorted(_KINDS) != sorted(ENVELOPE_KEYS):
+    # A column in no list would be dropped from every row (and fail every insert): say which, at import.
+    raise RuntimeError(f"envelope_rows: columns without a kind {sorted(set(ENVELOPE_KEYS) - set(_KINDS))}, "
+                       f"kinds without a column {sorted(set(_KINDS) - set(ENVELOPE_KEYS))} (or one listed twice)")
 
 
 class EnvelopeRejected(ValueError):
@@ -171,9 +179,6 @@ _CREATED = _INSERT_COLUMNS.index("created_at")
 _DAY = _INSERT_COLUMNS.index("day")
 _JSON_AT = tuple(_INSERT_COLUMNS.index(c) for c in _JSON)
 _BOOL_AT = tuple(_INSERT_COLUMNS.index(c) for c in _BOOL)
-_COLUMNS_BUT_DAY = tuple(c for c in _INSERT_COLUMNS if c != "day")
-# The keys of an envelope the gateway builds, in this order (`day` is derived from created_at).
-ENVELOPE_FIELDS = _COLUMNS_BUT_DAY
 _ENVELOPE_ID = _INSERT_COLUMNS.index("envelope_id")
 _REQUEST_ID = _INSERT_COLUMNS.index("request_id")
 
@@ -213,9 +218,9 @@ class _NotPlain(Exception):
 
 
 def envelope_row_json(env: Mapping[str, Any], backend: str) -> str:
-    """`row_json(normalize_envelope(env), backend)` in one pass, for the envelope of every request.
+    """`row_json(normalize_envelope(env), backend)` in one pass, for an envelope submitted as a mapping.
 
-    Values already of their column's kind (what the gateway builds) are checked and placed straight
+    Values already of their column's kind are checked and placed straight
     into the row; an envelope with any other value takes the full path, so the result (or the
     EnvelopeRejected) is the same either way."""
     try:
@@ -224,12 +229,11 @@ def envelope_row_json(env: Mapping[str, Any], backend: str) -> str:
         return row_json(normalize_envelope(env), backend)
 
 
-def values_row_json(fields: list[Any], backend: str) -> str | None:
-    """`envelope_row_json(dict(zip(ENVELOPE_FIELDS, fields)), backend)` without the dict, for values
-    already of their columns' kinds; None for any other (the dict then takes the full path)."""
-    values = fields[:_DAY]
-    values.append(None)
-    values += fields[_DAY:]
+def values_row_json(envelope: Envelope, backend: str) -> str | None:
+    """`envelope_row_json(envelope._asdict(), backend)` without the dict, for values already of their
+    columns' kinds; None for any other (the dict then takes the full path)."""
+    values = list(envelope)  # its fields are the columns in order (envelope_fields)
+    values.insert(_DAY, None)
     try:
         return _checked_row_json(values, backend)
     except _NotPlain:
@@ -237,12 +241,7 @@ def values_row_json(fields: list[Any], backend: str) -> str | None:
 
 
 def _plain_row_json(env: Mapping[str, Any], backend: str) -> str:
-    if type(env) is dict and tuple(env) == _COLUMNS_BUT_DAY:  # the gateway's own envelope: its values in order
-        values = list(env.values())
-        values.insert(_DAY, None)
-    else:
-        values = [env.get(c) for c in _INSERT_COLUMNS]
-    return _checked_row_json(values, backend)
+    return _checked_row_json([env.get(c) for c in _INSERT_COLUMNS], backend)
 
 
 def _checked_row_json(values: list[Any], backend: str) -> str:

@@ -1,8 +1,9 @@
 """Envelopes to the ledger: off the hot path, journaled first, then inserted in batches.
 
-`submit()` is all the request path does: the envelope becomes a row and the row one JSON array
-(~10 us, so every request pays for its own and no batch ever holds the event loop), then a deque
-append (or, when the writer already holds `queue_size` envelopes, one buffered line to the journal).
+`submit_envelope()` (or `submit()`, for a mapping) is all the request path does: the envelope
+becomes a row and the row one JSON array (~10 us, so every request pays for its own and no batch
+ever holds the event loop), then a deque append (or, when the writer already holds `queue_size`
+envelopes, one buffered line to the journal).
 
 The journal's group commit (group_commit.py) takes that deque: at most once per
 `commit_interval_s` (20 ms by default) it appends every row queued since to the journal in one
@@ -39,8 +40,8 @@ from typing import Any
 
 from sqlalchemy import exc
 
+from gateway.store.envelope_fields import Envelope
 from gateway.store.envelope_rows import (
-    ENVELOPE_FIELDS,
     ENVELOPE_KEYS,
     EnvelopeRejected,
     batch_statements,
@@ -153,17 +154,17 @@ class EnvelopeWriter:
         except Exception:
             log.exception("envelope submit failed")
 
-    def submit_fields(self, fields: list[Any]) -> None:
-        """`submit(dict(zip(ENVELOPE_FIELDS, fields)))`, for the envelope of every request: its row is
-        made straight from the values; the dict only when it cannot be (overflow, a value to convert)."""
+    def submit_envelope(self, envelope: Envelope) -> None:
+        """`submit(envelope._asdict())`, for the envelope of every request: its row is made straight
+        from the values; the dict only when it cannot be (overflow, a value to convert)."""
         try:
             # (An envelope without its id is not plain either: submit assigns one.)
             if not self._closing and self._submitted - self._settled < self._queue_size:
-                row = values_row_json(fields, self._backend)
+                row = values_row_json(envelope, self._backend)
                 if row is not None:
                     self._queue_row(row)
                     return
-            self.submit(dict(zip(ENVELOPE_FIELDS, fields, strict=True)))
+            self.submit(envelope._asdict())
         except Exception:
             log.exception("envelope submit failed")
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select, text
 
-from gateway.store.envelope_rows import ENVELOPE_FIELDS
+from gateway.store.envelope_fields import Envelope
 from gateway.store.envelopes import EnvelopeWriter
 from gateway.store.journal import HEADER_KEY, REJECTED_SUFFIX, SUFFIX
 from gateway.store.schema import envelopes
@@ -213,12 +213,12 @@ async def test_submit_never_raises_and_bad_envelopes_are_set_aside(ledger, journ
     assert reasons == ["request_id missing", "prompt_tokens: 'lots' is not a number"]
 
 
-def fields(e: dict) -> list:
-    return [e.get(k) for k in ENVELOPE_FIELDS]
+def named(e: dict) -> Envelope:
+    return Envelope(**{k: e.get(k) for k in Envelope._fields})
 
 
 async def test_envelopes_submitted_as_values_land_as_submitted_ones_do(ledger, journal_dir, writers):
-    """submit_fields (every request's way in) makes the row from the values; what it cannot take as it
+    """submit_envelope (every request's way in) makes the row from the values; what it cannot take as it
     is (a value to convert, a bad one, a full queue) goes the dict's way, with the same outcome."""
     w = make(writers, ledger, journal_dir, queue_size=20, batch_size=5, flush_interval_s=0.05)
     await w.start()
@@ -226,11 +226,11 @@ async def test_envelopes_submitted_as_values_land_as_submitted_ones_do(ledger, j
     converted = env(5, prompt_tokens="12", created_at=T0)
     no_id = env(6, envelope_id=None)
     for e in [*plain, converted, no_id]:
-        w.submit_fields(fields(e))
-    w.submit_fields(fields(env(7, prompt_tokens="lots")))
+        w.submit_envelope(named(e))
+    w.submit_envelope(named(env(7, prompt_tokens="lots")))
     overflow = [env(100 + i) for i in range(30)]  # no await: the queue fills and the rest is journaled
     for e in overflow:
-        w.submit_fields(fields(e))
+        w.submit_envelope(named(e))
     assert w.stats["overflowed"] > 0
     await w.flush()
     await eventually(lambda: _all_in_count(ledger, 5 + 2 + 30), timeout_s=10)
@@ -424,7 +424,7 @@ async def test_every_envelope_is_on_disk_within_the_commit_interval_before_the_l
     sent = [env(i) for i in range(40)]
     t0 = time.monotonic()
     for k, e in enumerate(sent):
-        w.submit_fields(fields(e))
+        w.submit_envelope(named(e))
         if k % 10 == 9:
             await asyncio.sleep(0.005)
     await eventually(lambda: len(journal_lines(journal_dir)) == 40, timeout_s=5, step_s=0.005)

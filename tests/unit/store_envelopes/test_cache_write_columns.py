@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.store.envelope_rows import ENVELOPE_FIELDS, envelope_row_json, row_json, values_row_json
+from gateway.store.envelope_fields import Envelope
+from gateway.store.envelope_rows import envelope_row_json, row_json, values_row_json
 from gateway.store.envelopes import EnvelopeRejected, normalize_envelope
 from tests.unit.store_envelopes.test_normalize import _gateway_envelope
 
@@ -22,10 +23,10 @@ def test_the_one_pass_row_equals_the_full_path(backend: str, changes: dict[str, 
     env = _gateway_envelope(**changes)
     full = row_json(normalize_envelope(env), backend)
     assert envelope_row_json(env, backend) == full
-    fields = [env[k] for k in ENVELOPE_FIELDS]
-    assert values_row_json(fields, backend) in (full, None)
+    named = Envelope(**env)  # type: ignore[arg-type]
+    assert values_row_json(named, backend) in (full, None)
     if changes is WRITES:
-        assert values_row_json(fields, backend) == full
+        assert values_row_json(named, backend) == full
     row = normalize_envelope(env)
     for k, v in changes.items():
         assert row[k] == (0 if v is None else int(v))  # type: ignore[call-overload]
@@ -38,4 +39,4 @@ def test_out_of_range_writes_are_refused_on_both_paths(changes: dict[str, object
     env = _gateway_envelope(**changes)
     with pytest.raises(EnvelopeRejected):
         envelope_row_json(env, "sqlite")
-    assert values_row_json([env[k] for k in ENVELOPE_FIELDS], "sqlite") is None
+    assert values_row_json(Envelope(**env), "sqlite") is None  # type: ignore[arg-type]
