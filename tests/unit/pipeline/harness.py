@@ -188,14 +188,14 @@ class Harness:
         gw.model_calls = ModelCalls(gw, stages)
         self.app = IngressMiddleware(Dispatcher(gw, MODEL_CALLS, _not_found), gw)
         self.calls: list[Call] = []  # every request's Call, in order
-        self.envelopes: list[list[Any]] = []
-        submit = gw.envelopes.submit_fields
+        self.envelopes: list[Any] = []
+        submit = gw.envelopes.submit_envelope
 
-        def spy(fields: list[Any]) -> None:
+        def spy(fields: Any) -> None:
             self.envelopes.append(fields)
             submit(fields)
 
-        gw.envelopes.submit_fields = spy  # type: ignore[method-assign]
+        gw.envelopes.submit_envelope = spy  # type: ignore[method-assign]
 
     async def __aenter__(self) -> Harness:
         await self.gateway.ledger.migrate()
