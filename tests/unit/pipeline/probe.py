@@ -47,17 +47,6 @@ def steps_of(call: Call) -> CountingSteps:
     return call.cleanups
 
 
-class NoOp(Stage):
-    """A stage that does nothing but say it ran (a test adds it with one line in the stage list)."""
-
-    name = "noop"
-    runs = 0
-
-    def before(self, req: ModelRequest) -> StageResult:
-        NoOp.runs += 1
-        return None
-
-
 class Disabled(Stage):
     """A stage no route uses: never in a plan, never run."""
 

@@ -14,7 +14,8 @@ from gateway.pipeline.reserve import Reserve
 from gateway.pipeline.upstream import Upstream
 from gateway.runtime import Gateway
 from tests.unit.pipeline.harness import PROMPT, Harness, settings_at
-from tests.unit.pipeline.probe import CANNED, Canned, Disabled, Marker, NoOp
+from tests.unit.pipeline.noop_stage import NoOp
+from tests.unit.pipeline.probe import CANNED, Canned, Disabled, Marker
 
 CHAT_BODY: dict[str, Any] = {"model": "chat", "max_tokens": 50, "messages": [{"role": "user", "content": "hi"}]}
 
