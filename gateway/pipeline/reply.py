@@ -116,7 +116,7 @@ class Relay:
                     payload = out
                 yield payload
             for index, end in self.end_hooks:
-                tail = self._through(end(self.req), index + 1)
+                tail = self._through(end(self.req), index)
                 if tail is not None:
                     yield tail
             self.completed = True

@@ -14,7 +14,7 @@ from gateway.pipeline.reserve import Reserve
 from gateway.pipeline.upstream import Upstream
 from gateway.runtime import Gateway
 from tests.unit.pipeline.harness import PROMPT, Harness, settings_at
-from tests.unit.pipeline.probe import CANNED, Canned, Disabled, Marker, NoOp
+from tests.unit.pipeline.probe import CANNED, Canned, Disabled, Marker, NoOp, Tagger
 
 CHAT_BODY: dict[str, Any] = {"model": "chat", "max_tokens": 50, "messages": [{"role": "user", "content": "hi"}]}
 
@@ -103,6 +103,17 @@ async def test_a_stage_sees_each_chunk_and_releases_what_it_held(tmp_path: Path)
         assert contents == ["W1", "w2", None, "w0"]
         assert events[-1] == b"[DONE]"
         assert h.providers["a"].closed == 1
+
+
+async def test_what_a_stage_held_back_passes_through_the_stages_before_it(tmp_path: Path) -> None:
+    # Tagger runs before Marker, so it sees every chunk Marker sends on, the held one released at the end too.
+    async with Harness(settings_at(tmp_path), stages=_with(Tagger, Marker, before=Upstream)) as h:
+        h.providers["a"].script = ["stream"]
+        reply = await h.request({**CHAT_BODY, "stream": True})
+        events = reply.events()
+        contents = [orjson.loads(e)["choices"][0]["delta"].get("content") for e in events[:-1]
+                    if orjson.loads(e)["choices"]]
+        assert contents == ["W1", "t2", None, "t0"]
 
 
 async def test_stages_that_need_the_route_come_after_those_that_find_it(tmp_path: Path) -> None:
