@@ -197,3 +197,37 @@ async def test_cancelled_during_settlement(tmp_path: Path) -> None:
             await asyncio.sleep(0)
         assert store.settled == 1
         assert (await h.counted())["tokens_per_day"] == PROMPT + COMPLETION
+
+
+class SlowReserveStore(GatedStore):
+    """A networked store whose reservation is made at once but whose answer comes only when `gate`
+    opens (a Redis script that ran, its reply on its way)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reserving = asyncio.Event()
+
+    async def reserve(self, reservation_id: str, buckets: Sequence[Bucket], ttl_s: float,
+                      now: float | None = None) -> Any:
+        decision = await self.inner.reserve(reservation_id, buckets, ttl_s, now)
+        self.reserving.set()
+        await self.gate.wait()
+        return decision
+
+
+async def test_client_gone_while_reserving_on_a_networked_store(tmp_path: Path) -> None:
+    """What the store reserved for a request whose client left meanwhile is given back once its
+    answer comes, not held until it expires (a route's budget is shared by every tenant)."""
+    store = SlowReserveStore()
+    async with Harness(settings_at(tmp_path), stages=(Probe, *STAGES), state=store) as h:  # type: ignore[arg-type]
+        gone = asyncio.Event()
+        task = asyncio.create_task(h.request(CHAT, leave=gone))
+        await store.reserving.wait()
+        h.leave(gone)
+        reply = await task
+        assert reply.call.ending == "client_gone" and h.providers["a"].calls == 0
+        store.gate.set()
+        for _ in range(10):
+            await asyncio.sleep(0)
+        assert (await h.counted())["tokens_per_day"] == 0
+        _assert_nothing_held(h, envelopes=1)
