@@ -231,3 +231,38 @@ async def test_client_gone_while_reserving_on_a_networked_store(tmp_path: Path) 
             await asyncio.sleep(0)
         assert (await h.counted())["tokens_per_day"] == 0
         _assert_nothing_held(h, envelopes=1)
+
+
+class SlowReleaseStore(GatedStore):
+    """A networked store whose releases wait until `gate` opens."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.releasing = asyncio.Event()
+
+    async def release(self, reservation_id: str, buckets: Sequence[Bucket], now: float | None = None) -> None:
+        self.releasing.set()
+        await self.gate.wait()
+        await self.inner.release(reservation_id, buckets, now)
+
+
+async def test_client_gone_while_an_error_answer_waits_for_its_clean_up(tmp_path: Path) -> None:
+    """A client that leaves while its error answer waits for the release is a client gone, as at any
+    other moment: the request ends quietly (no cancellation escapes the app to the server, which would
+    log it as an application error), and the release still completes."""
+    store = SlowReleaseStore()
+    async with Harness(settings_at(tmp_path), stages=(Probe, *STAGES), state=store) as h:  # type: ignore[arg-type]
+        h.providers["a"].script = [UpstreamRejected("no such thing", param="messages")]
+        gone = asyncio.Event()
+        task = asyncio.create_task(h.request(CHAT, leave=gone))
+        await store.releasing.wait()
+        h.leave(gone)
+        for _ in range(10):
+            await asyncio.sleep(0)
+        store.gate.set()
+        await task  # no CancelledError
+        (call,) = h.calls
+        steps = steps_of(call)
+        assert sorted(map(id, steps.ran)) == sorted(map(id, steps.registered)) and not steps
+        assert (await h.counted())["tokens_per_day"] == 0
+        _assert_nothing_held(h, envelopes=1)
