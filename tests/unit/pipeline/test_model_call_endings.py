@@ -266,3 +266,25 @@ async def test_client_gone_while_an_error_answer_waits_for_its_clean_up(tmp_path
         assert sorted(map(id, steps.ran)) == sorted(map(id, steps.registered)) and not steps
         assert (await h.counted())["tokens_per_day"] == 0
         _assert_nothing_held(h, envelopes=1)
+
+
+async def test_client_gone_while_the_router_waits_a_backoff(harness: Harness) -> None:
+    """Between attempts no provider is working: the reservation is released, nothing counted."""
+    for name in ("a", "b"):
+        harness.providers[name].script = [UpstreamUnavailable("down")] * 5
+    waiting = asyncio.Event()
+
+    async def sleep(seconds: float) -> None:
+        waiting.set()
+        await asyncio.Event().wait()
+
+    harness.gateway.router.sleep = sleep
+    gone = asyncio.Event()
+    task = asyncio.create_task(harness.request(CHAT, leave=gone))
+    await waiting.wait()
+    harness.leave(gone)
+    reply = await task
+    _assert_each_step_ran_once(reply, "client_gone")
+    assert reply.call.status == 499 and reply.call.attempts[-1].error == "UpstreamUnavailable"
+    assert (await harness.counted())["tokens_per_day"] == 0
+    _assert_nothing_held(harness, envelopes=1)
