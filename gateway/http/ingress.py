@@ -118,7 +118,7 @@ class IngressMiddleware:
                 raise Overloaded("The gateway is at capacity; retry shortly.", headers=retry_after_headers(0.25))
             await self.app(scope, watch.receive, send_wrapper)
         except GatewayError as exc:
-            await self._error(exc, call, started, send)
+            await self._error(exc, call, started, send, watch)
         except asyncio.CancelledError:
             if not watch.disconnected:
                 cancelled = True
@@ -130,7 +130,7 @@ class IngressMiddleware:
             call.status = scope.get(READ_REFUSED, 499)
         except Exception:
             _log.exception("unhandled error", extra={"fields": {"request_id": call.request_id}})
-            await self._error(InternalError("The gateway failed to process the request."), call, started, send)
+            await self._error(InternalError("The gateway failed to process the request."), call, started, send, watch)
         finally:
             watch.stop()
             pending = run_cleanups(call, _ending(call, watch, cancelled))
@@ -152,7 +152,8 @@ class IngressMiddleware:
         gw = self.gateway
         record_call(call, gw.metrics, gw.access_log, gw.settings.pricing, gw.envelopes, quiet=True)
 
-    async def _error(self, exc: GatewayError, call: Call, started: bool, send: Send) -> None:
+    async def _error(self, exc: GatewayError, call: Call, started: bool, send: Send, watch: _DisconnectWatch
+                     ) -> None:
         call.error_type, call.error_code = type(exc).__name__, exc.error_code
         if started:
             return  # a streaming response reports its own errors in-band
@@ -160,6 +161,9 @@ class IngressMiddleware:
         headers += [(k, v) for k, v in call.extra_headers if k.decode() not in exc.headers]
         headers.append((b"content-length", b"%d" % len(body)))
         call.status = status
+        # The call is over: a client that leaves while its clean-up waits must not cancel this task
+        # (the cancellation would escape the app, the error answer unsent).
+        watch.stop()
         pending = run_cleanups(call, FAILED)
         if pending is not None:
             await pending
@@ -249,6 +253,7 @@ class _DisconnectWatch:
     def stop(self) -> None:
         if self._timer is not None:
             self._deadlines.remove(self._timer)
+            self._timer = None
         if self._watcher is not None and not self._watcher.done():
             self._watcher.cancel()
         # The client left just as the request finished: withdraw the cancel nobody will catch.

@@ -24,6 +24,7 @@ from gateway.settings import Settings
 from gateway.store.state.base import Bucket, StateStore, StateUnavailable
 
 _log = logging.getLogger("gateway.limits")
+_releasing: set[asyncio.Future[None]] = set()  # releases of abandoned reservations, under way
 
 
 class NetworkedReservations:
@@ -37,6 +38,29 @@ class NetworkedReservations:
         self._metrics = metrics
 
     async def reserve(self, plan: LimitsPlan, prompt: int, completion: int, usd: int, call: Call) -> Hold | None:
+        """Shielded, as `again` is: a request cancelled while its reservation is on its way (the client
+        left) would leave what the store reserved counted until it expired; it is released instead,
+        once the store has answered."""
+        task = asyncio.ensure_future(self._reserve(plan, prompt, completion, usd, call))
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            task.add_done_callback(self._abandoned)
+            raise
+
+    def _abandoned(self, task: asyncio.Future[Hold | None]) -> None:
+        if task.cancelled() or task.exception() is not None:
+            return  # (a refusal or a store error holds nothing)
+        hold = task.result()
+        if hold is None:
+            return
+        hold.done = True
+        self._live.pop(hold, None)
+        release = asyncio.ensure_future(self._release(hold))
+        _releasing.add(release)  # a task is kept alive only by a reference
+        release.add_done_callback(_releasing.discard)
+
+    async def _reserve(self, plan: LimitsPlan, prompt: int, completion: int, usd: int, call: Call) -> Hold | None:
         tokens = prompt + completion
         hold = Hold(random_hex(12), [], prompt, completion, usd)
         for group_plan in plan.groups:

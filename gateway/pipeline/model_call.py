@@ -158,7 +158,8 @@ class ModelCalls:
             if not plan.chunk_hooks and not plan.end_hooks:
                 return stream_reply(req, answer, (), ())
             chain = [(i, h) for i, h in plan.chunk_hooks if i < at]
-            # What a stage held back passes on through the hooks of the stages before it (later in the chain).
+            # What a stage held back passes on through the hooks of the stages before it (later in the
+            # chain): from the first hook in the chain whose stage comes before it.
             ends = [(sum(1 for k, _ in chain if k >= i), h) for i, h in plan.end_hooks if i < at]
             return stream_reply(req, answer, [h for _, h in chain], ends)
         answer_hooks = [h for i, h in plan.answer_hooks if i < at] if plan.answer_hooks else ()

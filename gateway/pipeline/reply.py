@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncGenerator, Callable, Sequence
+from copy import copy
 
 import orjson
 
@@ -50,10 +51,14 @@ def json_reply(req: ModelRequest, answer: ChatResult | Answer, hooks: Sequence[A
     call.usage, call.model_served = answer.usage, answer.served_model
     if isinstance(answer, ChatResult):
         call.finish_reason = answer.finish_reason
-    for hook in hooks:
-        body = hook(req, answer)
-        if body is not None:
-            answer.body = body
+    if hooks:
+        # A copy: the answer may be one a stage keeps and hands out again (a cache hit), and a
+        # rewrite for this client must not reach the next one.
+        answer = copy(answer)
+        for hook in hooks:
+            body = hook(req, answer)
+            if body is not None:
+                answer.body = body
     if keep_body:
         call.response_body = answer.body.decode("utf-8", "replace")
     return JSONReply(answer.body, route_headers(call))
@@ -116,7 +121,7 @@ class Relay:
                     payload = out
                 yield payload
             for index, end in self.end_hooks:
-                tail = self._through(end(self.req), index + 1)
+                tail = self._through(end(self.req), index)
                 if tail is not None:
                     yield tail
             self.completed = True

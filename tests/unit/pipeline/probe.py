@@ -101,3 +101,24 @@ class Marker(Stage):
 
 
 _HELD: dict[int, bytes] = {}
+
+
+class Tagger(Stage):
+    """Sees each chunk: turns every `w` word into a `t` word (as a restoring stage would rewrite)."""
+
+    name = "tagger"
+
+    def on_chunk(self, req: ModelRequest, payload: bytes) -> bytes | None:
+        return payload.replace(b'"w', b'"t')
+
+
+STORED = ChatResult(orjson.dumps(CANNED), Usage(3, 2, reported=True), "stored", "stop")
+
+
+class Stored(Stage):
+    """Answers every request with the one answer it keeps (as a cache hit returns what it stored)."""
+
+    name = "stored"
+
+    def before(self, req: ModelRequest) -> StageResult:
+        return STORED

@@ -197,3 +197,94 @@ async def test_cancelled_during_settlement(tmp_path: Path) -> None:
             await asyncio.sleep(0)
         assert store.settled == 1
         assert (await h.counted())["tokens_per_day"] == PROMPT + COMPLETION
+
+
+class SlowReserveStore(GatedStore):
+    """A networked store whose reservation is made at once but whose answer comes only when `gate`
+    opens (a Redis script that ran, its reply on its way)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reserving = asyncio.Event()
+
+    async def reserve(self, reservation_id: str, buckets: Sequence[Bucket], ttl_s: float,
+                      now: float | None = None) -> Any:
+        decision = await self.inner.reserve(reservation_id, buckets, ttl_s, now)
+        self.reserving.set()
+        await self.gate.wait()
+        return decision
+
+
+async def test_client_gone_while_reserving_on_a_networked_store(tmp_path: Path) -> None:
+    """What the store reserved for a request whose client left meanwhile is given back once its
+    answer comes, not held until it expires (a route's budget is shared by every tenant)."""
+    store = SlowReserveStore()
+    async with Harness(settings_at(tmp_path), stages=(Probe, *STAGES), state=store) as h:  # type: ignore[arg-type]
+        gone = asyncio.Event()
+        task = asyncio.create_task(h.request(CHAT, leave=gone))
+        await store.reserving.wait()
+        h.leave(gone)
+        reply = await task
+        assert reply.call.ending == "client_gone" and h.providers["a"].calls == 0
+        store.gate.set()
+        for _ in range(10):
+            await asyncio.sleep(0)
+        assert (await h.counted())["tokens_per_day"] == 0
+        _assert_nothing_held(h, envelopes=1)
+
+
+class SlowReleaseStore(GatedStore):
+    """A networked store whose releases wait until `gate` opens."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.releasing = asyncio.Event()
+
+    async def release(self, reservation_id: str, buckets: Sequence[Bucket], now: float | None = None) -> None:
+        self.releasing.set()
+        await self.gate.wait()
+        await self.inner.release(reservation_id, buckets, now)
+
+
+async def test_client_gone_while_an_error_answer_waits_for_its_clean_up(tmp_path: Path) -> None:
+    """A client that leaves while its error answer waits for the release is a client gone, as at any
+    other moment: the request ends quietly (no cancellation escapes the app to the server, which would
+    log it as an application error), and the release still completes."""
+    store = SlowReleaseStore()
+    async with Harness(settings_at(tmp_path), stages=(Probe, *STAGES), state=store) as h:  # type: ignore[arg-type]
+        h.providers["a"].script = [UpstreamRejected("no such thing", param="messages")]
+        gone = asyncio.Event()
+        task = asyncio.create_task(h.request(CHAT, leave=gone))
+        await store.releasing.wait()
+        h.leave(gone)
+        for _ in range(10):
+            await asyncio.sleep(0)
+        store.gate.set()
+        await task  # no CancelledError
+        (call,) = h.calls
+        steps = steps_of(call)
+        assert sorted(map(id, steps.ran)) == sorted(map(id, steps.registered)) and not steps
+        assert (await h.counted())["tokens_per_day"] == 0
+        _assert_nothing_held(h, envelopes=1)
+
+
+async def test_client_gone_while_the_router_waits_a_backoff(harness: Harness) -> None:
+    """Between attempts no provider is working: the reservation is released, nothing counted."""
+    for name in ("a", "b"):
+        harness.providers[name].script = [UpstreamUnavailable("down")] * 5
+    waiting = asyncio.Event()
+
+    async def sleep(seconds: float) -> None:
+        waiting.set()
+        await asyncio.Event().wait()
+
+    harness.gateway.router.sleep = sleep
+    gone = asyncio.Event()
+    task = asyncio.create_task(harness.request(CHAT, leave=gone))
+    await waiting.wait()
+    harness.leave(gone)
+    reply = await task
+    _assert_each_step_ran_once(reply, "client_gone")
+    assert reply.call.status == 499 and reply.call.attempts[-1].error == "UpstreamUnavailable"
+    assert (await harness.counted())["tokens_per_day"] == 0
+    _assert_nothing_held(harness, envelopes=1)

@@ -15,7 +15,7 @@ from gateway.pipeline.upstream import Upstream
 from gateway.runtime import Gateway
 from tests.unit.pipeline.harness import PROMPT, Harness, settings_at
 from tests.unit.pipeline.noop_stage import NoOp
-from tests.unit.pipeline.probe import CANNED, Canned, Disabled, Marker
+from tests.unit.pipeline.probe import CANNED, STORED, Canned, Disabled, Marker, Stored, Tagger
 
 CHAT_BODY: dict[str, Any] = {"model": "chat", "max_tokens": 50, "messages": [{"role": "user", "content": "hi"}]}
 
@@ -104,6 +104,27 @@ async def test_a_stage_sees_each_chunk_and_releases_what_it_held(tmp_path: Path)
         assert contents == ["W1", "w2", None, "w0"]
         assert events[-1] == b"[DONE]"
         assert h.providers["a"].closed == 1
+
+
+async def test_what_a_stage_held_back_passes_through_the_stages_before_it(tmp_path: Path) -> None:
+    # Tagger runs before Marker, so it sees every chunk Marker sends on, the held one released at the end too.
+    async with Harness(settings_at(tmp_path), stages=_with(Tagger, Marker, before=Upstream)) as h:
+        h.providers["a"].script = ["stream"]
+        reply = await h.request({**CHAT_BODY, "stream": True})
+        events = reply.events()
+        contents = [orjson.loads(e)["choices"][0]["delta"].get("content") for e in events[:-1]
+                    if orjson.loads(e)["choices"]]
+        assert contents == ["W1", "t2", None, "t0"]
+
+
+async def test_a_stage_rewriting_an_answer_leaves_the_answering_stage_s_own_untouched(tmp_path: Path) -> None:
+    # A cache hands out what it keeps: a rewrite for one client must not end up in the next one's answer.
+    kept = STORED.body
+    async with Harness(settings_at(tmp_path), stages=_with(Marker, Stored, before=Upstream)) as h:
+        for _ in range(2):
+            reply = await h.request(CHAT_BODY)
+            assert reply.json()["choices"][0]["message"]["content"] == "from the stage [marked]"
+        assert STORED.body == kept
 
 
 async def test_stages_that_need_the_route_come_after_those_that_find_it(tmp_path: Path) -> None:
