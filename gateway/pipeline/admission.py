@@ -7,9 +7,8 @@ from typing import TYPE_CHECKING
 
 from gateway.errors import ConcurrencyLimited
 from gateway.pipeline.context import Call
-from gateway.pipeline.stage import ModelRequest, Operation, Stage, StageResult
+from gateway.pipeline.stage import ModelRequest, Stage, StageResult
 from gateway.resilience.backoff import retry_after_headers
-from gateway.settings import RouteSettings
 
 if TYPE_CHECKING:
     from gateway.runtime import Gateway
@@ -18,10 +17,6 @@ if TYPE_CHECKING:
 class AdmitTenant(Stage):
     name = "admission"
     per_route = False
-
-    @classmethod
-    def build(cls, gateway: Gateway, route: RouteSettings | None, operation: Operation) -> Stage:
-        return cls(gateway)
 
     def __init__(self, gateway: Gateway) -> None:
         super().__init__(gateway)

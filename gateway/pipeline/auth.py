@@ -8,8 +8,7 @@ from typing import TYPE_CHECKING
 
 from gateway.errors import AuthenticationFailed, PermissionDenied
 from gateway.pipeline.context import Call
-from gateway.pipeline.stage import ModelRequest, Operation, Stage, StageResult
-from gateway.settings import RouteSettings
+from gateway.pipeline.stage import ModelRequest, Stage, StageResult
 from gateway.store.keys import KeyCache, KeyRecord
 
 if TYPE_CHECKING:
@@ -48,10 +47,6 @@ class Authenticate(Stage):
 
     name = "auth"
     per_route = False
-
-    @classmethod
-    def build(cls, gateway: Gateway, route: RouteSettings | None, operation: Operation) -> Stage:
-        return cls(gateway)
 
     def __init__(self, gateway: Gateway) -> None:
         super().__init__(gateway)

@@ -8,8 +8,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from gateway.http.validation import parse_json_object
-from gateway.pipeline.stage import ModelRequest, Operation, Stage
-from gateway.settings import RouteSettings
+from gateway.pipeline.stage import ModelRequest, Stage
 
 if TYPE_CHECKING:
     from gateway.runtime import Gateway
@@ -21,10 +20,6 @@ FEATURE_CHARS = 128
 class ReadBody(Stage):
     name = "body"
     per_route = False
-
-    @classmethod
-    def build(cls, gateway: Gateway, route: RouteSettings | None, operation: Operation) -> Stage:
-        return cls(gateway)
 
     def __init__(self, gateway: Gateway) -> None:
         super().__init__(gateway)

@@ -55,10 +55,6 @@ class ResolveRoute(Stage):
     name = "policy"
     per_route = False
 
-    @classmethod
-    def build(cls, gateway: Gateway, route: RouteSettings | None, operation: Operation) -> Stage:
-        return cls(gateway)
-
     def __init__(self, gateway: Gateway) -> None:
         super().__init__(gateway)
         self.settings = gateway.settings
